@@ -1,0 +1,222 @@
+"""
+Settings: one table, read from ``procpool.configure(...)`` and the environment.
+
+Every setting has the historical ``PROCPOOL_*`` name. A value given to
+:func:`configure` wins over the environment variable of the same name, which
+wins over the default. Values are validated when they are given; the error
+always names the setting::
+
+    >>> import procpool
+    >>> procpool.configure(PROCPOOL_MAX_NPROC=3)
+    >>> procpool.settings.get("PROCPOOL_MAX_NPROC")
+    3
+
+This module imports nothing from Twisted, so anything may read it.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+__all__ = ["SettingError", "Setting", "SETTINGS", "configure", "get", "reset", "snapshot"]
+
+
+class SettingError(ValueError):
+    """A setting was given a value it cannot take; the message names the setting."""
+
+
+def _bool(name: str, value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int) and value in (0, 1):
+        return bool(value)
+    if isinstance(value, str):
+        low = value.strip().lower()
+        if low in ("1", "true", "yes", "on"):
+            return True
+        if low in ("0", "false", "no", "off", ""):
+            return False
+    raise SettingError(f"{name} must be true or false, got {value!r}")
+
+
+def _number(name: str, value: Any, *, integer: bool, minimum: float, optional: bool) -> Any:
+    if optional and (value is None or (isinstance(value, str) and value.strip().lower() in
+                                       ("", "none", "off"))):
+        return None
+    if isinstance(value, bool):
+        raise SettingError(f"{name} must be a number, got {value!r}")
+    if isinstance(value, str):
+        try:
+            value = int(value) if integer else float(value)
+        except ValueError:
+            raise SettingError(f"{name} must be a number, got {value!r}")
+    if integer and not isinstance(value, int):
+        if isinstance(value, float) and value.is_integer():
+            value = int(value)
+        else:
+            raise SettingError(f"{name} must be a whole number, got {value!r}")
+    if not isinstance(value, (int, float)):
+        raise SettingError(f"{name} must be a number, got {value!r}")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise SettingError(f"{name} must be a finite number, got {value!r}")
+    if value < minimum:
+        raise SettingError(f"{name} must be at least {minimum:g}, got {value!r}")
+    return value
+
+
+def _int(minimum: int = 0, optional: bool = False) -> Callable[[str, Any], Any]:
+    return lambda name, v: _number(name, v, integer=True, minimum=minimum, optional=optional)
+
+
+def _float(minimum: float = 0.0, optional: bool = False) -> Callable[[str, Any], Any]:
+    return lambda name, v: _number(name, v, integer=False, minimum=minimum, optional=optional)
+
+
+def _str(optional: bool = False) -> Callable[[str, Any], Any]:
+    def check(name: str, value: Any) -> Any:
+        if value is None and optional:
+            return None
+        if isinstance(value, os.PathLike):
+            value = os.fspath(value)
+        if not isinstance(value, str):
+            raise SettingError(f"{name} must be a string, got {value!r}")
+        if optional and value == "":
+            return None
+        return value
+    return check
+
+
+def _id(name: str, value: Any) -> int | None:
+    """A uid or gid: a number, or a user/group name resolved on this machine."""
+    if value is None or value == "":
+        return None
+    if isinstance(value, str) and not value.strip().isdigit():
+        import grp
+        import pwd
+        try:
+            if name.endswith("GID") or name.endswith("GROUP"):
+                return grp.getgrnam(value).gr_gid
+            return pwd.getpwnam(value).pw_uid
+        except KeyError:
+            raise SettingError(f"{name}: no such user or group {value!r} on this machine")
+    return _number(name, value, integer=True, minimum=0, optional=False)
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One row of the settings table."""
+
+    name: str
+    default: Any
+    check: Callable[[str, Any], Any]
+    doc: str
+
+
+_MiB = 1024 * 1024
+
+SETTINGS: dict[str, Setting] = {s.name: s for s in [
+    # The worker pool.
+    Setting("PROCPOOL_ENABLED", True, _bool,
+            "Run work in worker processes; false runs everything in the reactor's thread pool."),
+    Setting("PROCPOOL_MIN_NPROC", 2, _int(1), "Workers kept running at all times."),
+    Setting("PROCPOOL_MAX_NPROC", 4, _int(1), "Most workers running at once."),
+    Setting("PROCPOOL_TIMEOUT", None, _float(0.0, optional=True),
+            "Default proc_timeout in seconds for each run; none means no limit."),
+    Setting("PROCPOOL_IDLE", 20.0, _float(0.0),
+            "Seconds an idle worker above the minimum lives before it stops."),
+    Setting("PROCPOOL_DIRECTORY", None, _str(optional=True),
+            "Working directory of the workers; none keeps the host's."),
+    Setting("PROCPOOL_UID", None, _id, "Run workers as this user (needs root)."),
+    Setting("PROCPOOL_GID", None, _id, "Run workers as this group (needs root)."),
+    Setting("PROCPOOL_RECYCLE", 10_000, _int(0),
+            "Replace a worker after this many tasks; 0 never replaces."),
+    Setting("PROCPOOL_MAX_PAYLOAD", 256 * _MiB, _int(1),
+            "Largest argument or result, in bytes, that may cross to or from a worker."),
+    Setting("PROCPOOL_START_TIMEOUT", 30.0, _float(0.1),
+            "Seconds a new worker has to answer before it counts as failed to start."),
+    # Persistent tasks and the workers' database.
+    Setting("PROCPOOL_DATABASE", "procpool.sqlite3", _str(),
+            "Where persistent delays live: a SQLite file path, or a postgresql:// DSN."),
+    Setting("PROCPOOL_STALE_TIMEOUT", 60.0, _float(0.0),
+            "Seconds after its due time a cancelled task is forgotten; 0 never cleans."),
+    # The sandbox for untrusted source.
+    Setting("PROCPOOL_SANDBOX_TIMEOUT", 5.0, _float(0.01),
+            "Wall-clock seconds a sandboxed run may take before it is killed."),
+    Setting("PROCPOOL_SANDBOX_CPU", 2, _int(1), "CPU seconds a sandboxed run may use."),
+    Setting("PROCPOOL_SANDBOX_MEMORY", 256 * _MiB, _int(16 * _MiB),
+            "Address space, in bytes, of a sandboxed child."),
+    Setting("PROCPOOL_SANDBOX_MAX_OUTPUT", 1 * _MiB, _int(1024),
+            "Most bytes read back from one sandboxed run."),
+    Setting("PROCPOOL_SANDBOX_WARM", 2, _int(0),
+            "Sandboxed children kept started and confined, waiting for a request."),
+    Setting("PROCPOOL_SANDBOX_MAX_RUNS", 8, _int(1), "Most sandboxed runs at once, all callers."),
+    Setting("PROCPOOL_SANDBOX_PER_CALLER", 2, _int(1), "Most sandboxed runs at once per caller."),
+    Setting("PROCPOOL_SANDBOX_USER", "nobody", _str(),
+            "User a sandboxed child runs as when the host runs as root."),
+    Setting("PROCPOOL_SANDBOX_GROUP", "nogroup", _str(),
+            "Group a sandboxed child runs as when the host runs as root."),
+    Setting("PROCPOOL_SANDBOX_PYTHON", None, _str(optional=True),
+            "Interpreter for sandboxed children; none picks one the sandbox user can run."),
+    Setting("PROCPOOL_SANDBOX_DEGRADED", False, _bool,
+            "Allow sandboxed runs without OS confinement when it cannot be set up (warns)."),
+    Setting("PROCPOOL_SANDBOX_RESTRICTED", True, _bool,
+            "Testing switch: false runs player code without the language layer (warns)."),
+]}
+
+_given: dict[str, Any] = {}
+
+
+def _check(name: str, value: Any) -> Any:
+    try:
+        row = SETTINGS[name]
+    except KeyError:
+        raise SettingError(f"unknown setting {name!r}; known: {', '.join(SETTINGS)}")
+    return row.check(name, value)
+
+
+def _validate_together(values: Mapping[str, Any]) -> None:
+    low, high = values["PROCPOOL_MIN_NPROC"], values["PROCPOOL_MAX_NPROC"]
+    if low > high:
+        raise SettingError(
+            f"PROCPOOL_MIN_NPROC ({low}) must not exceed PROCPOOL_MAX_NPROC ({high})")
+
+
+def configure(**values: Any) -> None:
+    """
+    Set one or more settings in code; each is validated before any is kept.
+
+    Example: ``procpool.configure(PROCPOOL_MIN_NPROC=1, PROCPOOL_TIMEOUT=10)``.
+    A running pool picks up new values for the settings it reads per call
+    (timeouts, payload cap); pool sizes take effect at the next start.
+    """
+    checked = {name: _check(name, value) for name, value in values.items()}
+    merged = snapshot()
+    merged.update(checked)
+    _validate_together(merged)
+    _given.update(checked)
+
+
+def get(name: str) -> Any:
+    """The value in force for one setting: configured, else environment, else default."""
+    if name in _given:
+        return _given[name]
+    row = SETTINGS[name]
+    raw = os.environ.get(name)
+    if raw is None:
+        return row.default
+    return _check(name, raw)
+
+
+def snapshot() -> dict[str, Any]:
+    """Every setting's value in force, as a new dict (also validates the environment)."""
+    values = {name: get(name) for name in SETTINGS}
+    return values
+
+
+def reset() -> None:
+    """Forget everything given to :func:`configure` (the environment still counts)."""
+    _given.clear()
