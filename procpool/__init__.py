@@ -1,0 +1,86 @@
+"""
+procpool: a process pool for Twisted servers.
+
+(The drawing of one call's path is in procpool/pool.py, and in docs/design.md.)
+
+Public API::
+
+    >>> import procpool
+    >>> d = procpool.run_async("_return(1 + 2)")   # a Deferred that fires with 3
+
+Importing procpool starts nothing and installs no reactor; names are loaded
+when first used.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from procpool.errors import (
+    PayloadTooLarge,
+    PoolStopped,
+    ProcPoolError,
+    ProcPoolTimeout,
+    RemoteError,
+    SerializationError,
+    SettingError,
+    WorkerCrashed,
+    WorkerStartError,
+)
+from procpool.settings import configure
+
+__version__ = "0.1.0"
+
+# name -> module that defines it; imported on first access so that
+# `import procpool` stays light and never touches the reactor.
+_LAZY = {
+    "run_async": "procpool.api",
+    "start": "procpool.api",
+    "stop": "procpool.api",
+    "stats": "procpool.api",
+    "get_pool": "procpool.api",
+    "delay": "procpool.tasks",
+    "interactive": "procpool.interactive",
+    "returnValue": "procpool.interactive",
+    "limited_exec": "sandbox.host",
+    "SandboxError": "sandbox.errors",
+    "SandboxUnavailable": "sandbox.errors",
+}
+
+__all__ = [
+    "run_async",
+    "start",
+    "stop",
+    "stats",
+    "get_pool",
+    "configure",
+    "delay",
+    "interactive",
+    "returnValue",
+    "limited_exec",
+    "ProcPoolError",
+    "ProcPoolTimeout",
+    "WorkerCrashed",
+    "WorkerStartError",
+    "PoolStopped",
+    "PayloadTooLarge",
+    "RemoteError",
+    "SerializationError",
+    "SettingError",
+    "SandboxError",
+    "SandboxUnavailable",
+]
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'procpool' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
