@@ -1,0 +1,168 @@
+"""
+The worker process: read a task, run it, answer, repeat.
+
+Started by the host as ``python -m workers`` with AMP on descriptors 3 (in)
+and 4 (out). It runs one task at a time, in the order they arrive, and
+writes each answer before it starts the next task: so when a worker dies,
+the host knows the oldest unanswered task is the one that killed it, and
+that the tasks queued behind it never started.
+
+It imports no Twisted (see workers/wire.py). It leads its own process
+group, so the host can kill it together with everything it started, and it
+asks the kernel to kill it if the host dies. It exits normally (``atexit``
+hooks run, e.g. workers.db closes its connection) when the host closes its
+input.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import pickle
+import sys
+import traceback
+from typing import Any
+
+from workers import wire
+from workers.source import run_source
+
+__all__ = ["main", "serve"]
+
+FD_IN = 3
+FD_OUT = 4
+_READ_SIZE = 1 << 20
+
+
+def _dumps(obj: Any) -> bytes:
+    """Pickle, falling back to dill for what plain pickle refuses."""
+    try:
+        data = pickle.dumps(obj, protocol=5)
+    except Exception:
+        import dill
+        return dill.dumps(obj, protocol=5)
+    if b"__main__" in data:
+        # pickle stores __main__ names by reference; the host's __main__ is not ours.
+        import dill
+        return dill.dumps(obj, protocol=5)
+    return data
+
+
+def _write_all(fd: int, parts: list[bytes | memoryview] | bytes) -> None:
+    if isinstance(parts, (bytes, bytearray)):
+        parts = [parts]
+    for part in parts:
+        view = memoryview(part)
+        while view:
+            written = os.write(fd, view)
+            view = view[written:]
+
+
+def _error_box(ask: bytes, code: bytes, description: str, payload: bytes = b"") -> list:
+    return wire.encode_box({
+        b"_error": ask,
+        b"_error_code": code,
+        b"_error_description": description.encode("utf-8", "replace")[:4000],
+        b"p": payload,
+    })
+
+
+def _describe(exc: BaseException) -> wire.ErrorInfo:
+    kind = type(exc)
+    type_name = kind.__qualname__
+    if kind.__module__ not in ("builtins", "__main__"):
+        type_name = f"{kind.__module__}.{type_name}"
+    try:
+        message = str(exc)
+    except Exception:
+        message = f"<{type_name} whose str() failed>"
+    text = "".join(traceback.format_exception(exc))
+    try:
+        pickled = pickle.dumps(exc, protocol=5)
+        pickle.loads(pickled)  # an exception that pickles but won't load is no use
+    except Exception:
+        pickled = b""
+    return wire.ErrorInfo(type_name, message, text, pickled)
+
+
+def run_task(kind: bytes, payload: bytes) -> Any:
+    """Run one task's payload and return its result (exceptions propagate)."""
+    if kind == b"c":
+        function, args, kwargs = pickle.loads(payload)
+        return function(*args, **kwargs)
+    if kind == b"s":
+        source, env = pickle.loads(payload)
+        return run_source(source, env)
+    raise ValueError(f"unknown task kind {kind!r}")
+
+
+def answer(ask: bytes, kind: bytes, payload: bytes, cap: int) -> list:
+    """Run a task and build the box that answers it."""
+    try:
+        result = run_task(kind, payload)
+    except BaseException as exc:  # noqa: BLE001 - a task's SystemExit must not end the worker
+        info = _describe(exc)
+        data = pickle.dumps(tuple(info), protocol=5)
+        if len(data) > cap:
+            info = info._replace(pickled=b"", traceback=info.traceback[-20000:])
+            data = pickle.dumps(tuple(info), protocol=5)
+        return _error_box(ask, b"REMOTE", info.message, data)
+    try:
+        data = _dumps(result)
+    except Exception as exc:
+        return _error_box(ask, b"UNSERIALIZABLE",
+                          f"the result, of type {type(result).__name__}, could not be "
+                          f"serialised: {exc}")
+    if len(data) > cap:
+        return _error_box(ask, b"TOO_LARGE", str(len(data)))
+    return wire.encode_box({b"_answer": ask, b"p": data})
+
+
+def serve(fd_in: int = FD_IN, fd_out: int = FD_OUT, cap: int | None = None) -> None:
+    """Answer ``run`` boxes from ``fd_in`` on ``fd_out`` until ``fd_in`` closes."""
+    if cap is None:
+        cap = int(os.environ.get("PROCPOOL_MAX_PAYLOAD") or 256 * 1024 * 1024)
+    _write_all(fd_out, wire.encode_box({b"_command": b"ready",
+                                        b"pid": str(os.getpid()).encode()}))
+    parser = wire.BoxParser()
+    while True:
+        data = os.read(fd_in, _READ_SIZE)
+        if not data:
+            return
+        for box in parser.feed(data):
+            if box.get(b"_command") != b"run":
+                continue
+            ask = box.get(b"_ask", b"")
+            payload = wire.join_value(box, b"p")
+            _write_all(fd_out, answer(ask, box.get(b"k", b""), payload, cap))
+
+
+def _die_with_parent() -> None:
+    """Ask Linux to SIGKILL this worker when the host goes away (no orphans)."""
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        import ctypes
+        libc = ctypes.CDLL(None, use_errno=True)
+        pr_set_pdeathsig = 1
+        libc.prctl(pr_set_pdeathsig, 9, 0, 0, 0)
+    except Exception:
+        return
+    if os.getppid() == 1:  # the host died before we asked
+        os._exit(1)
+
+
+def main() -> None:
+    """Entry point of ``python -m workers``."""
+    try:
+        os.setsid()
+    except OSError:
+        pass
+    _die_with_parent()
+    # What tasks print goes to the host's log; keep it line-buffered.
+    sys.stdout = io.TextIOWrapper(open(1, "wb", buffering=0, closefd=False),
+                                  line_buffering=True)
+    try:
+        serve()
+    except BrokenPipeError:
+        pass
+    sys.exit(0)
