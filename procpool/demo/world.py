@@ -1,0 +1,181 @@
+"""
+The demo's tiny world: one room, and a character for each connected player.
+
+A :class:`Character` is what procpool's APIs see as a ``caller``: it offers
+``msg(text)`` for output and ``get_input(prompt, callback)`` for
+``@interactive`` questions (see :mod:`procpool.interactive`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Any, Protocol
+
+from twisted.internet.defer import Deferred
+from twisted.logger import Logger
+
+log = Logger()
+
+
+class Output(Protocol):
+    """Where a character's text goes: the player's connection."""
+
+    def send_line(self, text: str) -> None: ...
+    def disconnect(self) -> None: ...
+
+
+class Room:
+    """A place with a description and the characters in it."""
+
+    def __init__(self, name: str, description: str) -> None:
+        self.name = name
+        self.description = description
+        self.contents: list[Character] = []
+
+    def msg_contents(self, text: Any, exclude: Character | None = None) -> None:
+        """Send ``text`` to everyone here but ``exclude``; e.g. ``here.msg_contents("Boom!")``."""
+        for character in list(self.contents):
+            if character is not exclude:
+                character.msg(text)
+
+    def __repr__(self) -> str:
+        return f"<Room {self.name!r}>"
+
+
+class Character:
+    """
+    A connected player. ``msg`` sends a line; ``get_input`` routes the next
+    line to a callback instead of the command parser.
+
+    Example (in the demo's ``py``): ``self.msg("hello")``, ``here.msg_contents("hi all")``.
+    """
+
+    def __init__(self, output: Output, world: World) -> None:
+        self.output = output
+        self.world = world
+        self.name: str | None = None
+        self.is_builder = False
+        self.room: Room | None = None
+        self._input: tuple[str, Callable[[Any], None]] | None = None
+        self.dialogues: set[Deferred[Any]] = set()
+
+    # --- the caller protocol ------------------------------------------------
+
+    def msg(self, text: Any = "", **_ignored: Any) -> None:
+        """Send ``text`` (anything; it is turned into a string) to the player."""
+        if not isinstance(text, str):
+            text = repr(text) if isinstance(text, bytes) else str(text)
+        for line in text.splitlines() or [""]:
+            self.output.send_line(line)
+
+    def get_input(self, prompt: str, callback: Callable[[Any], None]) -> None:
+        """Give the player's next line to ``callback`` instead of running it as a command."""
+        self._input = (prompt, callback)
+
+    # --- used by the server ---------------------------------------------------
+
+    @property
+    def waiting_for_input(self) -> str | None:
+        """The prompt of the question the player is answering, if any."""
+        return self._input[0] if self._input else None
+
+    def take_input(self, line: str) -> bool:
+        """Hand ``line`` to a pending ``get_input`` callback; False when none waits."""
+        if self._input is None:
+            return False
+        _prompt, callback = self._input
+        self._input = None
+        callback(line)
+        return True
+
+    def follow(self, dialogue: Deferred[Any]) -> Deferred[Any]:
+        """Remember a running dialogue so that it is cancelled if the player leaves."""
+        self.dialogues.add(dialogue)
+
+        def done(result: Any) -> Any:
+            self.dialogues.discard(dialogue)
+            return result
+
+        return dialogue.addBoth(done)
+
+    def left(self) -> None:
+        """The connection closed: stop dialogues and forget pending input."""
+        self._input = None
+        for dialogue in list(self.dialogues):
+            dialogue.cancel()
+
+    def __repr__(self) -> str:
+        return f"<Character {self.name or '(logging in)'}>"
+
+
+class World:
+    """Everyone connected, the one room, and messages kept for absent players."""
+
+    def __init__(self, builder_password: str | None = None) -> None:
+        self.builder_password = builder_password
+        self.lobby = Room(
+            "The Lobby",
+            "A bright hall with a humming rack of worker processes along one wall. "
+            "Type 'help' for what you can do here.")
+        self.characters: dict[str, Character] = {}
+        self.mailbox: dict[str, list[str]] = {}
+        self.first_builder_taken = False
+
+    def find(self, name: str) -> Character | None:
+        """The connected character called ``name`` (any case), or None."""
+        return self.characters.get(name.lower())
+
+    def __iter__(self) -> Iterator[Character]:
+        return iter(list(self.characters.values()))
+
+    def enter(self, character: Character, name: str) -> None:
+        """Log ``character`` in as ``name`` and put it in the lobby."""
+        character.name = name
+        self.characters[name.lower()] = character
+        if self.builder_password is None and not self.first_builder_taken:
+            self.first_builder_taken = True
+            character.is_builder = True
+        self.lobby.msg_contents(f"{name} has arrived.")
+        self.lobby.contents.append(character)
+        character.room = self.lobby
+        for text in self.mailbox.pop(name.lower(), []):
+            character.msg(text)
+
+    def leave(self, character: Character) -> None:
+        """Take a character out of the world when its connection closes."""
+        character.left()
+        if character.name and self.characters.get(character.name.lower()) is character:
+            del self.characters[character.name.lower()]
+        if character.room is not None:
+            character.room.contents.remove(character)
+            character.room.msg_contents(f"{character.name} has left.")
+            character.room = None
+
+    def tell(self, name: str, text: str) -> bool:
+        """Send ``text`` to ``name`` now, or keep it for when they connect; True if sent."""
+        character = self.find(name)
+        if character is not None:
+            character.msg(text)
+            return True
+        self.mailbox.setdefault(name.lower(), []).append(text)
+        log.info("kept a message for {name}, who is not connected", name=name)
+        return False
+
+    def broadcast(self, text: str) -> None:
+        """Send ``text`` to every connected player."""
+        for character in self:
+            character.msg(text)
+
+
+_current: World | None = None
+
+
+def set_current(world: World | None) -> None:
+    """Make ``world`` the one that module-level (persistent) callbacks talk to."""
+    global _current
+    _current = world
+
+
+def current() -> World | None:
+    """The running demo's world, or None outside a running server."""
+    return _current
