@@ -1,0 +1,672 @@
+"""
+``delay`` and the task handler: call something later, optionally surviving a restart.
+
+    >>> import procpool
+    >>> task = procpool.delay(5, print, "five seconds later")
+    >>> task.active(), task.exists()
+    (True, True)
+
+The path of one task::
+
+    delay(t, f, *args, persistent=...)           reactor thread, returns at once
+      |  check t, f and (if persistent) pickle f, args, kwargs: ValueError here
+      v
+    TaskHandler.add -> _Task(id, due, Deferred) + clock.callLater(t)
+      |                     \\__ persistent: _Writer queue --(one thread, batched
+      |                                      transactions)--> Storage (SQLite | PostgreSQL)
+      v  at the due time
+    Deferred fires -> f(*args, **kwargs) -> (its Deferred, if it returned one)
+      -> the task is forgotten -> persistent: its row is deleted (only now)
+
+    TaskHandler.start(): Storage.load -> overdue tasks fire at once in due
+    order, the others after their remaining time.
+
+Ids are never reused: a high-water mark is stored beside the rows, and a
+:class:`TaskHandle` is bound to its own task, so an old handle can never act
+on a newer task.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+import numbers
+import pickle
+from collections.abc import Callable
+from typing import Any
+
+from twisted.internet.defer import CancelledError, Deferred, succeed
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from procpool import settings
+from procpool.errors import ProcPoolError
+from procpool.storage import Storage, StoredTask, open_storage
+from procpool.storage.errors import StorageUnavailable, TaskNotStored
+
+__all__ = ["delay", "TaskHandle", "TaskHandler", "get_handler", "set_handler",
+           "InvalidTask", "HandlerNotStarted", "TaskNotStored", "StorageUnavailable"]
+
+log = Logger()
+
+# How long failed deletes (of tasks that already ran) wait before another try.
+_RETRY_SECONDS = 2.0
+
+
+class InvalidTask(ProcPoolError, ValueError):
+    """``delay()`` was given something it refuses; the message says what and why."""
+
+
+class HandlerNotStarted(ProcPoolError, RuntimeError):
+    """A persistent delay was asked of a task handler whose storage is not loaded yet."""
+
+
+class _Task:
+    """One scheduled call, as the handler keeps it."""
+
+    __slots__ = ("task_id", "due", "callback", "args", "kwargs", "payload", "deferred",
+                 "timer", "running")
+
+    def __init__(self, task_id: int, due: float, callback: Callable[..., Any],
+                 args: tuple[Any, ...], kwargs: dict[str, Any], payload: bytes | None) -> None:
+        self.task_id = task_id
+        self.due = due
+        self.callback = callback
+        self.args = args
+        self.kwargs = kwargs
+        self.payload = payload
+        self.deferred: Deferred[Any] = Deferred()
+        self.timer: Any = None
+        self.running = False
+
+    @property
+    def persistent(self) -> bool:
+        return self.payload is not None
+
+
+class TaskHandle:
+    """
+    What ``delay()`` returns: a handle on one task, with Evennia's methods.
+
+    >>> task = procpool.delay(60, print, "later")
+    >>> task.cancel(), task.active(), task.exists()
+    (True, False, True)
+
+    A handle is bound to its own task. Once that task is gone (run, removed,
+    cleaned as stale) the handle answers ``False`` (or ``None`` where a value
+    is asked for) and never touches any other task.
+    """
+
+    __slots__ = ("_handler", "_task")
+
+    def __init__(self, handler: TaskHandler, task: _Task) -> None:
+        self._handler = handler
+        self._task = task
+
+    def __repr__(self) -> str:
+        state = "active" if self.active() else "known" if self.exists() else "gone"
+        return f"<TaskHandle {self._task.task_id} {state} due={self._task.due:.3f}>"
+
+    def get_id(self) -> int:
+        """The task's id, unique for the life of the database: ``task.get_id()``."""
+        return self._task.task_id
+
+    def exists(self) -> bool:
+        """True while the handler knows the task (pending, or cancelled and not yet removed)."""
+        return self._handler._owns(self._task)
+
+    def active(self) -> bool:
+        """True while the task is still waiting for its due time: ``task.active()``."""
+        return self.exists() and not self._task.deferred.called
+
+    def cancel(self) -> bool:
+        """Stop the task from running; it stays known until removed or stale: ``task.cancel()``."""
+        return self._handler._cancel(self._task)
+
+    def remove(self) -> bool:
+        """Cancel the task and forget it (and its stored row): ``task.remove()``."""
+        return self._handler._remove(self._task)
+
+    def call(self) -> Any:
+        """Run the callback now and return its value; the task stays scheduled: ``task.call()``."""
+        if not self.exists():
+            return None
+        task = self._task
+        return task.callback(*task.args, **task.kwargs)
+
+    def do_task(self) -> Any:
+        """Run the callback now, unschedule and forget the task, return the value."""
+        return self._handler._do_task(self._task)
+
+    def pause(self) -> None:
+        """Hold the task: at its due time nothing runs until ``task.unpause()``."""
+        if self.exists():
+            self._task.deferred.pause()
+
+    def unpause(self) -> None:
+        """Release a paused task; if its due time has passed it runs at once."""
+        if self.exists() and self._task.deferred.paused:
+            self._task.deferred.unpause()
+
+    @property
+    def paused(self) -> int:
+        """How many times the task is paused (truthy when paused): ``task.paused``."""
+        return self._task.deferred.paused
+
+    @property
+    def called(self) -> bool:
+        """True once the task fired or was cancelled: ``task.called``."""
+        return self._task.deferred.called
+
+    def get_deferred(self) -> Deferred[Any] | None:
+        """
+        The Deferred that fires with the callback's value, while the task exists.
+
+        ``task.get_deferred().addCallback(print)``. For a persistent task whose
+        row could not be written it fails with :class:`TaskNotStored`.
+        """
+        return self._task.deferred if self.exists() else None
+
+
+class _Writer:
+    """
+    Runs the storage on one dedicated thread, in the order asked, batching writes.
+
+    Writes that pile up while the thread is busy go to the database in a single
+    transaction, which is what keeps 1,000 persistent adds cheap.
+    """
+
+    def __init__(self, storage: Storage, high_water: Callable[[], int]) -> None:
+        from twisted.python.threadpool import ThreadPool
+        self.storage = storage
+        self._high_water = high_water
+        self._queue: list[tuple[str, Any, Deferred[Any]]] = []
+        self._retry_deletes: list[int] = []
+        self._retry_call: Any = None
+        self._busy = False
+        self._pool = ThreadPool(1, 1, name="procpool-task-storage")
+        self._pool.start()
+
+    def call(self, fn: Callable[[], Any]) -> Deferred[Any]:
+        """Run ``fn`` on the storage thread after everything queued before it."""
+        return self._push("call", fn)
+
+    def put(self, stored: StoredTask) -> Deferred[None]:
+        return self._push("put", stored)
+
+    def delete(self, task_id: int) -> Deferred[None]:
+        return self._push("delete", task_id)
+
+    def flush(self) -> Deferred[None]:
+        return self.call(lambda: None)
+
+    def close(self, write_mark: bool = True) -> Deferred[None]:
+        """Write the high-water mark, close the storage and stop the thread."""
+        if self._retry_call is not None and self._retry_call.active():
+            self._retry_call.cancel()
+        if write_mark:
+            self._push("delete", None)     # an empty write: carries the id high-water mark
+        d = self.call(self.storage.close)
+
+        def stopped(result: Any) -> Any:
+            if self._retry_deletes:
+                log.warn("task database {database} unreachable at stop: {count} finished "
+                         "tasks are still stored and will run again after a restart",
+                         database=self.storage.name, count=len(self._retry_deletes))
+            self._pool.stop()
+            return result
+        return d.addBoth(stopped)
+
+    def _push(self, kind: str, item: Any) -> Deferred[Any]:
+        d: Deferred[Any] = Deferred()
+        self._queue.append((kind, item, d))
+        self._kick()
+        return d
+
+    def _kick(self) -> None:
+        from twisted.internet import reactor
+        from twisted.internet.threads import deferToThreadPool
+        if self._busy or not self._queue:
+            return
+        if self._queue[0][0] == "call":
+            batch = [self._queue.pop(0)]
+            work = batch[0][1]
+        else:
+            count = 0
+            while count < len(self._queue) and self._queue[count][0] != "call":
+                count += 1
+            batch, self._queue = self._queue[:count], self._queue[count:]
+            puts = [item for kind, item, _ in batch if kind == "put"]
+            deletes = self._retry_deletes + [item for kind, item, _ in batch
+                                             if kind == "delete" and item is not None]
+            self._retry_deletes = []
+            next_id = self._high_water()
+
+            def work() -> None:
+                self.storage.apply(puts, deletes, next_id)
+        self._busy = True
+        done = deferToThreadPool(reactor, self._pool, work)
+        done.addBoth(self._done, batch)
+
+    def _done(self, result: Any, batch: list[tuple[str, Any, Deferred[Any]]]) -> None:
+        self._busy = False
+        if isinstance(result, Failure) and batch[0][0] != "call":
+            failed = [item for kind, item, _ in batch if kind == "delete" and item is not None]
+            if failed:
+                self._retry_deletes.extend(failed)
+                log.warn("could not delete {count} finished tasks from {database}, will retry: "
+                         "{reason}", count=len(failed), database=self.storage.name,
+                         reason=result.getErrorMessage())
+                self._schedule_retry()
+        for kind, _, d in batch:
+            if kind == "delete":
+                d.callback(None)
+            else:
+                d.callback(result) if not isinstance(result, Failure) else d.errback(result)
+        self._kick()
+
+    def _schedule_retry(self) -> None:
+        from twisted.internet import reactor
+        if self._retry_call is None or not self._retry_call.active():
+            self._retry_call = reactor.callLater(_RETRY_SECONDS, self._push, "delete", None)
+
+
+def _check_delay(timedelay: Any) -> float:
+    if isinstance(timedelay, bool) or not isinstance(timedelay, numbers.Real):
+        raise InvalidTask(f"delay needs a number of seconds, got {timedelay!r} "
+                          f"({type(timedelay).__name__})")
+    seconds = float(timedelay)
+    if math.isnan(seconds) or math.isinf(seconds):
+        raise InvalidTask(f"delay needs a finite number of seconds, got {timedelay!r}")
+    if seconds < 0:
+        raise InvalidTask(f"delay cannot be negative, got {timedelay!r}")
+    return seconds
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _dump(callback: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> bytes:
+    """Pickle a persistent call, refusing (with the reason) whatever could not be loaded back."""
+    if inspect.ismethod(callback):
+        target, name = callback.__self__, callback.__name__
+        what = f"the object {_short(target)} whose method {name!r} is the callback"
+        spec: tuple[Any, ...] = ("method", target, name)
+    else:
+        qualname = getattr(callback, "__qualname__", "")
+        if "<lambda>" in qualname:
+            raise InvalidTask(f"a persistent callback cannot be a lambda ({_short(callback)}): "
+                              "it has no importable name to store; use a module-level function "
+                              "or a method of a picklable object")
+        if "<locals>" in qualname:
+            raise InvalidTask(f"a persistent callback cannot be a nested function ({qualname}): "
+                              "it has no importable name to store; use a module-level function "
+                              "or a method of a picklable object")
+        target, what, spec = callback, f"the callback {_short(callback)}", ("call", callback)
+    parts: list[tuple[str, Any]] = [(what, target)]
+    parts += [(f"argument {i + 1} ({_short(a)})", a) for i, a in enumerate(args)]
+    parts += [(f"keyword argument {k}={_short(v)}", v) for k, v in kwargs.items()]
+    for label, value in parts:
+        try:
+            pickle.loads(pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL))
+        except Exception as e:
+            raise InvalidTask(f"{label} cannot be stored for a persistent delay: "
+                              f"{type(e).__name__}: {e}") from e
+    return pickle.dumps((spec, args, kwargs), protocol=pickle.HIGHEST_PROTOCOL)
+
+
+def _load(payload: bytes) -> tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any]]:
+    spec, args, kwargs = pickle.loads(payload)
+    if spec[0] == "method":
+        return getattr(spec[1], spec[2]), args, kwargs
+    return spec[1], args, kwargs
+
+
+class TaskHandler:
+    """
+    Keeps every delayed task of a process, and the persistent ones in storage.
+
+    >>> from twisted.internet.task import Clock
+    >>> handler = TaskHandler(clock=Clock(), storage="tasks.sqlite3", stale_timeout=60)
+    >>> d = handler.start()          # opens the database, loads stored tasks
+    >>> task = handler.add(5, print, "hi", persistent=True)
+
+    ``clock`` is any ``IReactorTime`` (the global reactor when ``None``);
+    ``storage`` a :class:`~procpool.storage.Storage`, a path or DSN, or ``None``
+    for the ``PROCPOOL_DATABASE`` setting; ``stale_timeout`` defaults to
+    ``PROCPOOL_STALE_TIMEOUT``. Non-persistent tasks work without ``start()``
+    and never touch the database.
+    """
+
+    def __init__(self, clock: Any = None, storage: Storage | str | None = None,
+                 stale_timeout: float | None = None) -> None:
+        self._clock = clock
+        self._storage_spec = storage
+        if stale_timeout is None:
+            stale_timeout = settings.get("PROCPOOL_STALE_TIMEOUT")
+        self.stale_timeout = _check_delay(stale_timeout)
+        self.tasks: dict[int, _Task] = {}
+        self.storage: Storage | None = None
+        self._next_id = 1
+        self._writer: _Writer | None = None
+        self._loaded = False
+        self._start_waiters: list[Deferred[None]] = []
+        self._shutdown_trigger: Any = None
+
+    @property
+    def clock(self) -> Any:
+        """The ``IReactorTime`` that times every task (the global reactor by default)."""
+        if self._clock is None:
+            from twisted.internet import reactor
+            self._clock = reactor
+        return self._clock
+
+    # -- life cycle ------------------------------------------------------
+
+    def start(self) -> Deferred[None]:
+        """
+        Open the storage and load stored tasks: ``yield handler.start()``.
+
+        Fails with :class:`StorageUnavailable` (naming the database, never its
+        password) when the database cannot be opened; the handler then stays
+        usable for non-persistent tasks and ``start()`` may be tried again.
+        """
+        waiter: Deferred[None] = Deferred()
+        if self._loaded:
+            waiter.callback(None)
+            return waiter
+        self._start_waiters.append(waiter)
+        if self._writer is not None:
+            return waiter
+        spec = self._storage_spec
+        if spec is None:
+            spec = settings.get("PROCPOOL_DATABASE")
+        storage = open_storage(spec) if isinstance(spec, str) else spec
+        self.storage = storage
+        writer = self._writer = _Writer(storage, lambda: self._next_id)
+
+        def open_and_load() -> tuple[list[StoredTask], int]:
+            storage.open()
+            return storage.load()
+
+        def loaded(result: tuple[list[StoredTask], int]) -> None:
+            if self._writer is not writer:
+                return          # stopped while loading
+            self._load_tasks(result)
+            from twisted.internet import reactor
+            self._shutdown_trigger = reactor.addSystemEventTrigger(
+                "before", "shutdown", self.stop)
+            log.info("task handler started on {database}: {count} stored tasks loaded",
+                     database=storage.name, count=len(self.tasks))
+
+        def failed(failure: Failure) -> Failure:
+            if self._writer is writer:
+                self._writer = None
+                writer.close(write_mark=False)
+            return failure
+
+        def tell(result: Any) -> None:
+            waiters, self._start_waiters = self._start_waiters, []
+            for w in waiters:
+                w.callback(None) if not isinstance(result, Failure) else w.errback(result)
+
+        writer.call(open_and_load).addCallbacks(loaded, failed).addBoth(tell)
+        return waiter
+
+    def stop(self) -> Deferred[None]:
+        """
+        Cancel every pending call (stored tasks stay stored) and close the storage.
+
+        ``yield handler.stop()``; calling it on a handler never started is harmless.
+        """
+        for task in list(self.tasks.values()):
+            if not task.deferred.called:
+                task.deferred.cancel()
+        self.tasks.clear()
+        self._loaded = False
+        if self._shutdown_trigger is not None:
+            from twisted.internet import reactor
+            try:
+                reactor.removeSystemEventTrigger(self._shutdown_trigger)
+            except (ValueError, KeyError):
+                pass
+            self._shutdown_trigger = None
+        writer, self._writer = self._writer, None
+        if writer is None:
+            return succeed(None)
+        return writer.close()
+
+    def flush(self) -> Deferred[None]:
+        """Fires once every storage write asked for so far is done: ``yield handler.flush()``."""
+        if self._writer is None:
+            return succeed(None)
+        return self._writer.flush()
+
+    def _load_tasks(self, loaded: tuple[list[StoredTask], int]) -> None:
+        stored, next_id = loaded
+        writer = self._writer
+        assert writer is not None
+        self._next_id = max(self._next_id, next_id)
+        now = self.clock.seconds()
+        overdue: list[_Task] = []
+        for row in sorted(stored, key=lambda r: (r.due, r.task_id)):
+            try:
+                callback, args, kwargs = _load(row.payload)
+            except Exception:
+                log.failure("dropping stored task {task_id}: its callback or arguments can no "
+                            "longer be loaded", task_id=row.task_id)
+                writer.delete(row.task_id)
+                continue
+            task_id = row.task_id
+            if task_id in self.tasks:
+                # Only a task added before start() can hold this id, and no handle
+                # of this process knows the stored one yet: give it a fresh id.
+                task_id = self._new_id()
+                writer.put(StoredTask(task_id, row.due, row.payload))
+                writer.delete(row.task_id)
+            task = _Task(task_id, row.due, callback, args, kwargs, row.payload)
+            remaining = row.due - now
+            self._arm(task, remaining if remaining > 0 else None)
+            if remaining <= 0:
+                overdue.append(task)
+            self.tasks[task_id] = task
+        if overdue:
+            self.clock.callLater(0, self._fire_overdue, overdue)
+        self._loaded = True
+
+    @staticmethod
+    def _fire_overdue(tasks: list[_Task]) -> None:
+        # One call for all of them: the reactor does not promise an order among
+        # calls due at the same moment, and overdue tasks run in due order.
+        for task in tasks:
+            if not task.deferred.called:
+                task.deferred.callback(None)
+
+    # -- adding and running ----------------------------------------------
+
+    def add(self, timedelay: float, callback: Callable[..., Any], *args: Any,
+            persistent: bool = False, **kwargs: Any) -> TaskHandle:
+        """
+        Call ``callback(*args, **kwargs)`` in ``timedelay`` seconds; see :func:`delay`.
+
+        ``handler.add(5, print, "hi")``
+        """
+        seconds = _check_delay(timedelay)
+        if not callable(callback):
+            raise InvalidTask(f"delay needs a callable, got {_short(callback)}")
+        payload = None
+        if persistent:
+            if not self._loaded:
+                raise HandlerNotStarted(
+                    "persistent delays need a started task handler (procpool.start(), or "
+                    "yield get_handler().start()); this one has not loaded its storage yet")
+            payload = _dump(callback, args, kwargs)
+        if self.stale_timeout > 0:
+            self.clean_stale_tasks()
+        task = _Task(self._new_id(), self.clock.seconds() + seconds, callback, args, kwargs,
+                     payload)
+        self._arm(task, seconds)
+        self.tasks[task.task_id] = task
+        if payload is not None:
+            assert self._writer is not None
+            self._writer.put(StoredTask(task.task_id, task.due, payload)).addErrback(
+                self._not_stored, task)
+        return TaskHandle(self, task)
+
+    def get(self, task_id: int) -> TaskHandle | None:
+        """A handle on a known task, or ``None``: ``handler.get(7)``."""
+        task = self.tasks.get(task_id)
+        return TaskHandle(self, task) if task is not None else None
+
+    def _new_id(self) -> int:
+        task_id, self._next_id = self._next_id, self._next_id + 1
+        return task_id
+
+    def _arm(self, task: _Task, seconds: float | None) -> None:
+        def cancel_timer(_: Deferred[Any]) -> None:
+            if task.timer is not None and task.timer.active():
+                task.timer.cancel()
+            task.timer = None
+
+        task.deferred = Deferred(cancel_timer)
+        if seconds is not None:
+            task.timer = self.clock.callLater(seconds, self._due, task)
+        task.deferred.addCallback(self._run, task)
+        task.deferred.addErrback(self._ended_badly, task)
+
+    @staticmethod
+    def _due(task: _Task) -> None:
+        task.timer = None
+        task.deferred.callback(None)
+
+    def _run(self, _: None, task: _Task) -> Any:
+        task.running = True
+        try:
+            result = task.callback(*task.args, **task.kwargs)
+        except Exception:
+            log.failure("delayed task {task_id} ({callback}) raised", task_id=task.task_id,
+                        callback=_short(task.callback))
+            self._finish(task)
+            return None
+        if isinstance(result, Deferred):
+            def failed(failure: Failure) -> None:
+                log.failure("delayed task {task_id} ({callback}) failed", failure,
+                            task_id=task.task_id, callback=_short(task.callback))
+
+            def finished(value: Any) -> Any:
+                self._finish(task)
+                return value
+            return result.addErrback(failed).addBoth(finished)
+        self._finish(task)
+        return result
+
+    @staticmethod
+    def _ended_badly(failure: Failure, task: _Task) -> Failure | None:
+        if failure.check(CancelledError):
+            return None
+        return failure          # TaskNotStored: the caller's errbacks should see it
+
+    def _finish(self, task: _Task) -> None:
+        """Forget a task that ran; delete its row only now that the callback returned."""
+        task.running = False
+        if self.tasks.get(task.task_id) is task:
+            del self.tasks[task.task_id]
+        if task.persistent and self._writer is not None:
+            self._writer.delete(task.task_id)
+
+    def _not_stored(self, failure: Failure, task: _Task) -> None:
+        database = self.storage.name if self.storage is not None else "the task database"
+        error = TaskNotStored(task.task_id, database, failure.getErrorMessage())
+        log.error("{error}", error=error)
+        if self.tasks.get(task.task_id) is task:
+            del self.tasks[task.task_id]
+        if not task.deferred.called:
+            if task.timer is not None and task.timer.active():
+                task.timer.cancel()
+            task.timer = None
+            task.deferred.errback(error)
+
+    # -- the handle's operations ------------------------------------------
+
+    def _owns(self, task: _Task) -> bool:
+        return self.tasks.get(task.task_id) is task
+
+    def _cancel(self, task: _Task) -> bool:
+        if not self._owns(task) or task.deferred.called:
+            return False
+        task.deferred.cancel()
+        if task.persistent and self._writer is not None:
+            # Evennia keeps a cancelled persistent task stored and runs it after a
+            # restart; a cancelled task must never run.
+            self._writer.delete(task.task_id)
+        return True
+
+    def _remove(self, task: _Task) -> bool:
+        if not self._owns(task):
+            return False
+        if not task.deferred.called:
+            task.deferred.cancel()
+        del self.tasks[task.task_id]
+        if task.persistent and self._writer is not None:
+            self._writer.delete(task.task_id)
+        return True
+
+    def _do_task(self, task: _Task) -> Any:
+        if not self._owns(task):
+            return None
+        if not task.deferred.called:
+            task.deferred.cancel()
+        try:
+            return task.callback(*task.args, **task.kwargs)
+        finally:
+            self._finish(task)
+
+    def clean_stale_tasks(self) -> int:
+        """
+        Forget tasks that no longer run (cancelled) once their due time plus the
+        stale timeout has passed; returns how many went. ``handler.clean_stale_tasks()``
+        """
+        now = self.clock.seconds()
+        stale = [task for task in self.tasks.values()
+                 if task.deferred.called and not task.running
+                 and now > task.due + self.stale_timeout]
+        for task in stale:
+            self._remove(task)
+        return len(stale)
+
+
+_handler: TaskHandler | None = None
+
+
+def get_handler() -> TaskHandler:
+    """The process-wide task handler, made from the settings on first use: ``get_handler()``."""
+    global _handler
+    if _handler is None:
+        _handler = TaskHandler()
+    return _handler
+
+
+def set_handler(handler: TaskHandler | None) -> None:
+    """Install the process-wide handler (``None``: make a new one on next use)."""
+    global _handler
+    _handler = handler
+
+
+def delay(timedelay: float, callback: Callable[..., Any], *args: Any,
+          persistent: bool = False, **kwargs: Any) -> TaskHandle:
+    """
+    Call ``callback(*args, **kwargs)`` after ``timedelay`` seconds, without blocking.
+
+    >>> task = procpool.delay(10, caller.msg, "Ten seconds later.")
+    >>> task = procpool.delay(3600, Timer.ring, persistent=True)   # survives a restart
+
+    ``persistent`` is never passed on to the callback. A persistent task needs a
+    started handler (``procpool.start()``), a module-level function or a
+    method of a picklable object as callback, and picklable arguments; anything
+    else raises :class:`InvalidTask` (a ``ValueError``) at once, saying why.
+    If the database cannot take the row, the task is cancelled, an error is
+    logged and ``task.get_deferred()`` fails with :class:`TaskNotStored`.
+    """
+    return get_handler().add(timedelay, callback, *args, persistent=persistent, **kwargs)
