@@ -1,0 +1,18 @@
+"""
+The sandbox for untrusted source strings typed by players.
+
+One request's path::
+
+    limited_exec / run_sandboxed          (sandbox.host, reactor thread)
+      -> per-caller and global limits      (refuse / queue)
+      -> a warm child, already confined    (sandbox.child: imports, sandbox.confine)
+      -> JSON request on its stdin, closed
+      -> RestrictedPython policy           (sandbox.policy) runs the source
+      -> one JSON reply line on its stdout, then the child exits
+      -> size/depth-checked JSON parse     (sandbox.host)
+      -> Deferred fires in the reactor thread
+
+This package's ``__init__`` imports nothing: the confined child imports
+``sandbox.child`` and must not pull in Twisted or procpool on the way.
+Users call :func:`procpool.limited_exec`.
+"""

@@ -1,0 +1,158 @@
+"""
+The one-shot confined child: confine, read one request, run it, reply, exit.
+
+Started by :mod:`sandbox.host` with an empty environment, cwd ``/``, fds 0-2
+as pipes and its configuration as JSON in ``argv[1]``::
+
+    python -I -S -B -c BOOTSTRAP '{"paths": [...], "limits": {...}, ...}'
+
+(``python -m sandbox CONFIG`` does the same when ``sandbox`` is importable.)
+It imports only the standard library, RestrictedPython and pyseccomp (never
+Twisted or procpool), confines itself, and only then writes its ready line
+and reads. On stdout it writes exactly two lines of JSON::
+
+    {"ready": true, "pid": 123, "layers": {"seccomp": "errno", ...}}
+    {"ok": true, "result": 3}   or   {"ok": false, "type": "ValueError", "message": "x"}
+
+When a required layer cannot be set up it writes ``{"ready": false,
+"error": ...}`` and exits 3, unless the host allowed the degraded mode.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from typing import Any
+
+__all__ = ["main", "BOOTSTRAP"]
+
+# What the host passes to `python -c`; argv[1] is the configuration.
+BOOTSTRAP = ("import sys,json;c=json.loads(sys.argv[1]);sys.path[:0]=c['paths'];"
+             "from sandbox.child import main;main(c)")
+
+# Modules that player code may `import` when the language layer is switched
+# off for testing, imported before confinement so an attack reaches the syscall.
+_ATTACK_MODULES = ("os", "socket", "subprocess", "ctypes", "mmap", "threading", "signal",
+                   "resource", "time", "select", "errno", "fcntl", "shutil")
+
+_SONAMES = {"c": "libc.so.6", "seccomp": "libseccomp.so.2"}
+
+
+def _fast_find_library() -> None:
+    """pyseccomp calls ctypes.util.find_library, which runs ldconfig: try the soname first."""
+    import ctypes
+    import ctypes.util
+
+    original = ctypes.util.find_library
+
+    def find_library(name: str) -> str | None:
+        soname = _SONAMES.get(name)
+        if soname:
+            try:
+                ctypes.CDLL(soname)
+                return soname
+            except OSError:
+                pass
+        return original(name)
+
+    ctypes.util.find_library = find_library
+
+
+def _write_line(obj: Any) -> None:
+    data = json.dumps(obj).encode("ascii") + b"\n"
+    while data:
+        data = data[os.write(1, data):]
+
+
+def _read_request(cap: int) -> bytes:
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        chunk = os.read(0, 65536)
+        if not chunk:
+            return b"".join(chunks)
+        size += len(chunk)
+        if size > cap:
+            raise ValueError(f"request larger than {cap} bytes")
+        chunks.append(chunk)
+
+
+def _error_reply(exc: BaseException, type_name: str | None = None) -> dict[str, Any]:
+    import traceback
+
+    try:
+        message = str(exc)[:4096]
+    except BaseException:
+        message = "<unprintable error>"
+    try:
+        # Only the player's own frames: the sandbox's paths are none of its business.
+        frames = [f for f in traceback.extract_tb(exc.__traceback__) if f.filename == "<player>"]
+        text = "".join(traceback.format_list(frames[-8:]))[-8192:]
+    except BaseException:
+        text = ""
+    return {"ok": False, "type": type_name or type(exc).__name__, "message": message,
+            "traceback": text}
+
+
+def _run(data: bytes, config: dict[str, Any]) -> bytes:
+    from sandbox.policy import PlayerSyntaxError, run_source
+
+    try:
+        request = json.loads(data)
+        result = run_source(request["source"], request["context"],
+                            restricted=config["restricted"])
+        reply = {"ok": True, "result": result}
+        try:
+            line = json.dumps(reply).encode("ascii")
+        except (TypeError, ValueError) as e:
+            reply = {"ok": False, "type": "TypeError",
+                     "message": f"result is not JSON-able: {e}"}
+            line = json.dumps(reply).encode("ascii")
+    except PlayerSyntaxError as e:
+        line = json.dumps(_error_reply(e, "SyntaxError")).encode("ascii")
+    except BaseException as e:  # player code may raise anything, SystemExit included
+        line = json.dumps(_error_reply(e)).encode("ascii")
+    if len(line) > config["max_output"]:
+        line = json.dumps({"ok": False, "type": "OutputTooLarge",
+                           "message": f"reply of {len(line)} bytes is over the limit of "
+                                      f"{config['max_output']} bytes"}).encode("ascii")
+    return line + b"\n"
+
+
+def main(config: dict[str, Any] | None = None) -> None:
+    """Run one sandboxed request as described in the module docstring; never returns."""
+    if config is None:
+        config = json.loads(sys.argv[1])
+    try:
+        os.setsid()  # its own process group, so the host can kill all of it
+    except OSError:
+        pass
+    _fast_find_library()
+    import traceback  # noqa: F401  (used after confinement, when no import can open a file)
+
+    from sandbox import confine as confinement
+    from sandbox import policy  # noqa: F401
+
+    if not config["restricted"]:
+        for name in _ATTACK_MODULES:
+            __import__(name)
+    limits = confinement.Limits(**config["limits"])
+    pid = os.getpid()  # getpid is denied once confined
+    try:
+        layers = confinement.confine(limits)
+    except confinement.ConfinementError as e:
+        if not config["degraded"]:
+            _write_line({"ready": False, "error": str(e)})
+            os._exit(3)
+        layers = {"degraded": str(e)}
+        sys.setrecursionlimit(limits.recursion)
+    _write_line({"ready": True, "pid": pid, "layers": layers})
+    try:
+        data = _read_request(config["max_request"])
+        line = _run(data, config)
+    except BaseException as e:
+        line = json.dumps(_error_reply(e)).encode("ascii") + b"\n"
+    while line:
+        line = line[os.write(1, line):]
+    os._exit(0)

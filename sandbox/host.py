@@ -1,0 +1,543 @@
+"""
+Host side of the sandbox: run player source in confined one-shot children.
+
+    >>> from procpool import limited_exec
+    >>> d = limited_exec("_return(a + b)", a=1, b=2)      # fires with 3
+
+A request's path (the reactor thread throughout; nothing here blocks)::
+
+    limited_exec / run_sandboxed
+      -> checks: source is a str, context is JSON-able (refused at once)
+      -> per-caller quota (SandboxBusy at once) -> global limit (FIFO queue)
+      -> an idle warm child (confined, blocked on its first read), else a cold one
+      -> request JSON written to its stdin, stdin closed; wall-clock deadline armed
+      -> ready line + one reply line read back (size-capped), child exits
+      -> JSON parsed (never unpickled), depth-checked -> Deferred fires
+      -> a replacement warm child is started
+
+Settings are read when the pool is created (``get_pool()`` on first use);
+the timeout is read per call. ``stop()`` kills every child; the next call
+creates a fresh pool with the settings then in force.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import keyword
+import math
+import os
+import signal
+import sys
+from collections import deque
+from collections.abc import Callable, Hashable
+from typing import Any
+
+from twisted.internet import defer
+from twisted.internet.protocol import ProcessProtocol
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from procpool import settings
+from procpool.errors import PayloadTooLarge, PoolStopped, ProcPoolTimeout, SerializationError
+from sandbox.child import BOOTSTRAP
+from sandbox.errors import SandboxBusy, SandboxError, SandboxUnavailable
+
+__all__ = ["SandboxPool", "get_pool", "limited_exec", "run_sandboxed", "stop"]
+
+log = Logger()
+
+MAX_DEPTH = 100  # nesting accepted in a reply
+_MAX_REQUEST = 16 << 20
+_HEADER_CAP = 64 << 10
+_STDERR_CAP = 16 << 10
+
+
+def _child_paths() -> list[str]:
+    """Directories the child needs on sys.path: this package's parent and its two dependencies."""
+    paths = [os.path.dirname(os.path.dirname(os.path.abspath(__file__)))]
+    for name in ("RestrictedPython", "pyseccomp"):
+        spec = importlib.util.find_spec(name)
+        if spec is None or spec.origin is None:
+            continue
+        where = os.path.dirname(spec.origin)
+        if spec.submodule_search_locations:  # a package: its parent directory
+            where = os.path.dirname(where)
+        if where not in paths:
+            paths.append(where)
+    return paths
+
+
+def _resolve_ids(user: str | int, group: str | int) -> tuple[int | None, int | None]:
+    """uid/gid to drop to; (None, None) when not root or when the sandbox user is root."""
+    if os.geteuid() != 0:
+        return None, None
+    import grp
+    import pwd
+
+    try:
+        uid = int(user) if str(user).isdigit() else pwd.getpwnam(str(user)).pw_uid
+        gid = int(group) if str(group).isdigit() else grp.getgrnam(str(group)).gr_gid
+    except KeyError as e:
+        raise SandboxUnavailable(f"sandbox user or group does not exist: {e}")
+    if uid == 0:
+        return None, None
+    return uid, gid
+
+
+def _encode_request(source: Any, context: dict[str, Any]) -> bytes:
+    if not isinstance(source, str):
+        raise TypeError(f"sandboxed source must be a str, got {type(source).__name__}")
+    for name, value in context.items():
+        if not isinstance(name, str) or not name.isidentifier() or keyword.iskeyword(name) \
+                or name.startswith("_"):
+            raise SerializationError(
+                f"sandbox context name {name!r} is not usable: names must be identifiers "
+                "that do not start with '_'")
+        try:
+            json.dumps(value, allow_nan=False)
+        except (TypeError, ValueError, RecursionError) as e:
+            raise SerializationError(
+                f"sandbox context value {name!r} is not JSON-able ({e}); only None, bool, "
+                "int, float, str, list and dict cross into the sandbox") from None
+    data = json.dumps({"source": source, "context": context}).encode("ascii")
+    if len(data) > _MAX_REQUEST:
+        raise PayloadTooLarge("sandboxed request", len(data), _MAX_REQUEST)
+    return data
+
+
+def _too_deep(obj: Any, limit: int) -> bool:
+    stack = [(obj, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if depth > limit:
+            return True
+        if isinstance(item, list):
+            stack.extend((x, depth + 1) for x in item)
+        elif isinstance(item, dict):
+            stack.extend((x, depth + 1) for x in item.values())
+    return False
+
+
+def _parse_reply(line: bytes) -> Any:
+    """The result of one reply line, or raise the SandboxError it describes."""
+    try:
+        reply = json.loads(line)
+    except (ValueError, RecursionError) as e:
+        raise SandboxError("SandboxProtocolError", f"reply is not valid JSON ({e})")
+    if line.count(b"[") + line.count(b"{") > MAX_DEPTH and _too_deep(reply, MAX_DEPTH):
+        raise SandboxError("SandboxProtocolError", f"reply nests deeper than {MAX_DEPTH}")
+    if not isinstance(reply, dict) or not isinstance(reply.get("ok"), bool):
+        raise SandboxError("SandboxProtocolError", "reply is not a sandbox reply")
+    if reply["ok"]:
+        return reply.get("result")
+    type_name, message = reply.get("type"), reply.get("message")
+    if not isinstance(type_name, str) or not isinstance(message, str):
+        raise SandboxError("SandboxProtocolError", "error reply without type and message")
+    tb = reply.get("traceback")
+    raise SandboxError(type_name[:200], message[:4096], tb[:8192] if isinstance(tb, str) else "")
+
+
+class _Request:
+    def __init__(self, payload: bytes, timeout: float, caller: Hashable | None) -> None:
+        self.payload = payload
+        self.timeout = timeout
+        self.caller = caller
+        self.deferred: defer.Deferred[Any] = defer.Deferred()
+        self.done = False
+
+    def finish(self, result: Any) -> None:
+        if not self.done:
+            self.done = True
+            if isinstance(result, Failure):
+                self.deferred.errback(result)
+            else:
+                self.deferred.callback(result)
+
+
+class _Child(ProcessProtocol):
+    """One confined child process: starting -> ready (idle) -> running -> ended."""
+
+    def __init__(self, pool: SandboxPool) -> None:
+        self.pool = pool
+        self.pid: int | None = None
+        self.header: dict[str, Any] | None = None
+        self.request: _Request | None = None
+        self.ended: defer.Deferred[None] = defer.Deferred()
+        self.alive = True
+        self._stdout = bytearray()
+        self._stdout_size = 0
+        self._stderr = bytearray()
+        self._overflow = False
+        self._timer: Any = None
+        self._cap = pool.max_output + _HEADER_CAP
+
+    # --- driven by the pool ------------------------------------------------
+    def start_request(self, request: _Request) -> None:
+        self.request = request
+        self._timer = self.pool.clock.callLater(request.timeout, self._deadline)
+        self.transport.write(request.payload)
+        self.transport.closeStdin()
+
+    def kill(self) -> None:
+        if not self.alive:
+            return
+        try:
+            os.killpg(self.pid, signal.SIGKILL)  # the child is its session's leader
+        except (OSError, TypeError):
+            try:
+                self.transport.signalProcess("KILL")
+            except Exception:
+                pass
+
+    def _deadline(self) -> None:
+        self._timer = None
+        if self.request is not None:
+            self.request.finish(Failure(ProcPoolTimeout(self.request.timeout)))
+        self.kill()
+
+    # --- ProcessProtocol ---------------------------------------------------
+    def connectionMade(self) -> None:
+        self.pid = self.transport.pid
+
+    def childDataReceived(self, fd: int, data: bytes) -> None:
+        if fd == 2:
+            room = _STDERR_CAP - len(self._stderr)
+            if room > 0:
+                self._stderr += data[:room]
+            return
+        if self._overflow:
+            return
+        self._stdout_size += len(data)
+        if self._stdout_size > self._cap:
+            self._overflow = True
+            self._stdout.clear()
+            self.kill()
+            return
+        self._stdout += data
+        if self.header is None:
+            end = self._stdout.find(b"\n")
+            if end < 0:
+                if len(self._stdout) > _HEADER_CAP:
+                    self._overflow = True
+                    self.kill()
+                return
+            line = bytes(self._stdout[:end])
+            del self._stdout[:end + 1]
+            try:
+                header = json.loads(line)
+            except ValueError:
+                header = {"ready": False, "error": "unreadable ready line"}
+            if not isinstance(header, dict):
+                header = {"ready": False, "error": "unreadable ready line"}
+            self.header = header
+            if header.get("ready") is True:
+                self.pool._child_ready(self)
+
+    def processEnded(self, reason: Failure) -> None:
+        self.alive = False
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = None
+        request = self.request
+        if request is not None and not request.done:
+            request.finish(self._outcome(reason))
+        self.pool._child_ended(self)
+        self.ended.callback(None)
+
+    def _start_error(self) -> str:
+        if self.header is not None and isinstance(self.header.get("error"), str):
+            return self.header["error"]
+        tail = bytes(self._stderr[-400:]).decode("utf-8", "replace").strip()
+        return tail or "the sandbox child exited before it was ready"
+
+    def _outcome(self, reason: Failure) -> Any:
+        if self.header is None or self.header.get("ready") is not True:
+            return Failure(SandboxUnavailable(
+                f"sandboxed child could not be confined: {self._start_error()}"))
+        if self._overflow:
+            return Failure(SandboxError(
+                "OutputTooLarge", f"the sandboxed child wrote more than {self._cap} bytes"))
+        status = getattr(reason.value, "status", None)
+        sig = getattr(reason.value, "signal", None)
+        exitcode = getattr(reason.value, "exitCode", None)
+        if sig is not None or (status is not None and os.WIFSIGNALED(status)):
+            sig = sig if sig is not None else os.WTERMSIG(status)
+            try:
+                name = signal.Signals(sig).name
+            except ValueError:
+                name = f"signal {sig}"
+            hint = " (CPU limit)" if sig == signal.SIGXCPU else ""
+            return Failure(SandboxError("SandboxCrashed", f"sandboxed child was killed by "
+                                                          f"{name}{hint}"))
+        if exitcode:
+            return Failure(SandboxError("SandboxCrashed",
+                                        f"sandboxed child exited with code {exitcode}"))
+        data = bytes(self._stdout)
+        if data.count(b"\n") != 1 or not data.endswith(b"\n"):
+            return Failure(SandboxError("SandboxProtocolError",
+                                        "sandboxed child did not write exactly one reply line"))
+        try:
+            return _parse_reply(data)
+        except SandboxError:
+            return Failure()
+
+
+def _caller_key(caller: Any) -> Hashable | None:
+    if caller is None:
+        return None
+    try:
+        hash(caller)
+        return caller
+    except TypeError:
+        return ("id", id(caller))
+
+
+class SandboxPool:
+    """
+    Warm, confined one-shot children and the limits around them.
+
+    Every argument left as None comes from the settings (``PROCPOOL_SANDBOX_*``).
+    ``user``/``group`` name who the child becomes when the host is root
+    (``"root"`` keeps it root, still confined). Example::
+
+        pool = SandboxPool(warm=1)
+        d = pool.run("_return(n * 2)", {"n": 21})   # fires with 42
+        pool.stop()
+    """
+
+    def __init__(self, reactor: Any = None, *, clock: Any = None, warm: int | None = None,
+                 max_runs: int | None = None, per_caller: int | None = None,
+                 cpu: int | None = None, memory: int | None = None,
+                 max_output: int | None = None, user: str | int | None = None,
+                 group: str | int | None = None, python: str | None = None,
+                 degraded: bool | None = None, restricted: bool | None = None,
+                 landlock: bool = True, namespaces: bool = False,
+                 seccomp_kill: bool = False, _seccomp: bool = True) -> None:
+        if reactor is None:
+            from twisted.internet import reactor as global_reactor
+            reactor = global_reactor
+        get = settings.get
+        self.reactor = reactor
+        self.clock = clock if clock is not None else reactor
+        self.warm = warm if warm is not None else get("PROCPOOL_SANDBOX_WARM")
+        self.max_runs = max_runs or get("PROCPOOL_SANDBOX_MAX_RUNS")
+        self.per_caller = per_caller or get("PROCPOOL_SANDBOX_PER_CALLER")
+        self.max_output = max_output or get("PROCPOOL_SANDBOX_MAX_OUTPUT")
+        self.degraded = degraded if degraded is not None else get("PROCPOOL_SANDBOX_DEGRADED")
+        self.restricted = (restricted if restricted is not None
+                           else get("PROCPOOL_SANDBOX_RESTRICTED"))
+        self.python = python or get("PROCPOOL_SANDBOX_PYTHON") or sys.executable
+        uid, gid = _resolve_ids(user if user is not None else get("PROCPOOL_SANDBOX_USER"),
+                                group if group is not None else get("PROCPOOL_SANDBOX_GROUP"))
+        self.config = {
+            "paths": _child_paths(),
+            "limits": {"cpu": cpu or get("PROCPOOL_SANDBOX_CPU"),
+                       "memory": memory or get("PROCPOOL_SANDBOX_MEMORY"),
+                       "uid": uid, "gid": gid, "seccomp": _seccomp,
+                       "seccomp_kill": seccomp_kill, "landlock": landlock,
+                       "namespaces": namespaces},
+            "restricted": self.restricted,
+            "degraded": self.degraded,
+            "max_output": self.max_output,
+            "max_request": _MAX_REQUEST,
+        }
+        self._idle: list[_Child] = []
+        self._starting: set[_Child] = set()
+        self._running: set[_Child] = set()
+        self._children: set[_Child] = set()
+        self._queue: deque[_Request] = deque()
+        self._per_caller: dict[Hashable, int] = {}
+        self._start_failed: str | None = None
+        self._stopped = False
+
+    # --- public ----------------------------------------------------------------
+    def start(self) -> None:
+        """Start the warm children now instead of at the first run."""
+        self._refill()
+
+    def run(self, source: str, context: dict[str, Any] | None = None, *,
+            timeout: float | None = None, caller: object | None = None) -> defer.Deferred[Any]:
+        """
+        Run ``source`` in a fresh confined child; fire with its JSON-able result.
+
+        Bad source types, unusable context and bad timeouts are refused at once
+        (``TypeError``/``SerializationError``/``ValueError``). The Deferred fails
+        with :class:`SandboxError` (player code failed), ``ProcPoolTimeout``,
+        :class:`SandboxBusy` (this caller's quota is in use),
+        :class:`SandboxUnavailable` or ``PoolStopped``. Example:
+        ``pool.run("_return(x + 1)", {"x": 1})`` fires with 2.
+        """
+        payload = _encode_request(source, dict(context or {}))
+        if timeout is None:
+            timeout = settings.get("PROCPOOL_SANDBOX_TIMEOUT")
+        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) \
+                or not math.isfinite(timeout) or timeout <= 0:
+            raise ValueError(f"sandbox timeout must be a positive number of seconds, "
+                             f"got {timeout!r}")
+        if self._stopped:
+            return defer.fail(PoolStopped("the sandbox pool is stopped"))
+        key = _caller_key(caller)
+        if key is not None:
+            active = self._per_caller.get(key, 0)
+            if active >= self.per_caller:
+                return defer.fail(SandboxBusy(
+                    f"caller already has {active} sandboxed runs in progress "
+                    f"(PROCPOOL_SANDBOX_PER_CALLER={self.per_caller}); try again when one ends"))
+            self._per_caller[key] = active + 1
+        request = _Request(payload, float(timeout), key)
+        request.deferred.addBoth(self._release_caller, key)
+        self._queue.append(request)
+        self._pump()
+        return request.deferred
+
+    def stop(self) -> defer.Deferred[None]:
+        """Fail queued and running requests with PoolStopped, kill every child; fire when gone."""
+        self._stopped = True
+        while self._queue:
+            self._queue.popleft().finish(Failure(PoolStopped("the sandbox pool was stopped")))
+        for child in list(self._children):
+            if child.request is not None:
+                child.request.finish(Failure(PoolStopped("the sandbox pool was stopped")))
+            child.kill()
+        waits = [c.ended for c in self._children]
+        return defer.gatherResults(waits).addCallback(lambda _: None)
+
+    def stats(self) -> dict[str, int]:
+        """Counts of children and requests, e.g. ``{"idle": 2, "running": 0, ...}``."""
+        return {"idle": len(self._idle), "starting": len(self._starting),
+                "running": len(self._running), "queued": len(self._queue),
+                "children": len(self._children)}
+
+    def idle_pids(self) -> list[int]:
+        """Process ids of warm children that are confined and waiting for a request."""
+        return [c.pid for c in self._idle if c.pid is not None]
+
+    # --- internals -------------------------------------------------------------
+    def _release_caller(self, result: Any, key: Hashable | None) -> Any:
+        if key is not None:
+            left = self._per_caller.get(key, 1) - 1
+            if left > 0:
+                self._per_caller[key] = left
+            else:
+                self._per_caller.pop(key, None)
+        return result
+
+    def _spawn(self) -> _Child:
+        child = _Child(self)
+        args = [self.python, "-I", "-S", "-B", "-c", BOOTSTRAP, json.dumps(self.config)]
+        self.reactor.spawnProcess(child, self.python, args, env={}, path="/",
+                                  childFDs={0: "w", 1: "r", 2: "r"})
+        self._children.add(child)
+        return child
+
+    def _pump(self) -> None:
+        while self._queue and len(self._running) < self.max_runs and not self._stopped:
+            request = self._queue.popleft()
+            if request.done:
+                continue
+            child = self._idle.pop() if self._idle else self._spawn()
+            self._running.add(child)
+            child.start_request(request)
+        self._refill()
+
+    def _refill(self) -> None:
+        while (not self._stopped and self._start_failed is None
+               and len(self._idle) + len(self._starting) < self.warm):
+            self._starting.add(self._spawn())
+
+    def _child_ready(self, child: _Child) -> None:
+        self._start_failed = None
+        if child in self._starting:
+            self._starting.discard(child)
+            self._idle.append(child)
+
+    def _child_ended(self, child: _Child) -> None:
+        self._children.discard(child)
+        self._running.discard(child)
+        if child in self._idle:
+            self._idle.remove(child)
+        if child in self._starting:
+            self._starting.discard(child)
+            if child.header is None or child.header.get("ready") is not True:
+                reason = child._start_error()
+                if self._start_failed is None:
+                    log.error("sandbox children cannot start: {reason}", reason=reason)
+                self._start_failed = reason
+        if child.request is not None:
+            layers = (child.header or {}).get("layers")
+            if isinstance(layers, dict) and "degraded" in layers:
+                log.warn("sandboxed run without OS confinement (PROCPOOL_SANDBOX_DEGRADED): "
+                         "{reason}", reason=layers["degraded"])
+            if not self.restricted:
+                log.warn("sandboxed run without the language layer "
+                         "(PROCPOOL_SANDBOX_RESTRICTED is off: a testing switch)")
+        if not self._stopped:
+            self._pump()
+
+
+_pool: SandboxPool | None = None
+
+
+def get_pool(reactor: Any = None) -> SandboxPool:
+    """
+    The process-wide sandbox pool, created with the current settings on first use.
+
+    Example: ``get_pool().stats()["idle"]``.
+    """
+    global _pool
+    if _pool is None:
+        _pool = SandboxPool(reactor)
+        _pool.start()
+    return _pool
+
+
+def run_sandboxed(source: str, context: dict[str, Any], *, timeout: float | None = None,
+                  caller: object | None = None) -> defer.Deferred[Any]:
+    """
+    Run untrusted ``source`` with ``context`` as its globals in the shared sandbox pool.
+
+    The Deferred fires with the JSON-able result (``_return`` rules as for any
+    source string) or fails (see :meth:`SandboxPool.run`). Example:
+    ``run_sandboxed("_return(len(s))", {"s": "abc"})`` fires with 3.
+    """
+    return get_pool().run(source, context, timeout=timeout, caller=caller)
+
+
+def limited_exec(source: str, at_return: Callable[[Any], Any] | None = None,
+                 at_err: Callable[[Failure], Any] | None = None, timeout: float | None = None,
+                 caller: object | None = None, **context: Any) -> defer.Deferred[Any]:
+    """
+    Run a player's source string in the sandbox; keyword arguments become its globals.
+
+    ``at_return(result)`` runs on success, ``at_err(failure)`` on failure (an
+    error raised in ``at_return`` reaches ``at_err`` too). Without ``at_err`` a
+    failure is logged once and the Deferred then fires with None. Example::
+
+        limited_exec("_return(sum(rolls))", at_return=caller.msg, rolls=[3, 4])
+    """
+    d = run_sandboxed(source, context, timeout=timeout, caller=caller)
+    if at_return is not None:
+        d.addCallback(at_return)
+    if at_err is not None:
+        d.addErrback(at_err)
+    else:
+        d.addErrback(_log_failure, source)
+    return d
+
+
+def _log_failure(failure: Failure, source: str) -> None:
+    log.failure("sandboxed run failed: {source!r}", failure, source=source[:200])
+
+
+def stop() -> defer.Deferred[None]:
+    """
+    Stop the shared sandbox pool (kill its children); fires when they are gone.
+
+    Example: ``yield sandbox.host.stop()`` in a test's tearDown, or from ``procpool.stop()``.
+    """
+    global _pool
+    pool, _pool = _pool, None
+    if pool is None:
+        return defer.succeed(None)
+    return pool.stop()
