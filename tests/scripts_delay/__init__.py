@@ -1,0 +1,1 @@
+"""Helper programs for the persistent-delay tests (run as real host processes)."""
