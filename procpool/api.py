@@ -41,7 +41,7 @@ def get_pool() -> ProcessPool:
 
 def _timeout(value: Any) -> float | None:
     if value is None:
-        value = settings.get("PROCPOOL_TIMEOUT")
+        value = settings.cached("PROCPOOL_TIMEOUT")
         if value is None:
             return None
     if isinstance(value, bool) or not isinstance(value, (int, float)):
@@ -110,7 +110,7 @@ def run_async(to_execute: Callable[..., Any] | str, *args: Any, **kwargs: Any) -
             raise TypeError("sandbox=True runs source strings only")
         from sandbox.host import run_sandboxed
         d = run_sandboxed(to_execute, kwargs, timeout=timeout)
-    elif use_thread or not settings.get("PROCPOOL_ENABLED"):
+    elif use_thread or not settings.cached("PROCPOOL_ENABLED"):
         d = _in_thread(to_execute, args, kwargs, timeout)
     else:
         pool = get_pool()

@@ -22,7 +22,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["SettingError", "Setting", "SETTINGS", "configure", "get", "reset", "snapshot"]
+__all__ = ["SettingError", "Setting", "SETTINGS", "configure", "get", "cached", "refresh",
+           "reset", "snapshot"]
 
 
 class SettingError(ValueError):
@@ -168,6 +169,7 @@ SETTINGS: dict[str, Setting] = {s.name: s for s in [
 ]}
 
 _given: dict[str, Any] = {}
+_from_env: dict[str, tuple[str | None, Any]] = {}
 
 
 def _check(name: str, value: Any) -> Any:
@@ -198,6 +200,7 @@ def configure(**values: Any) -> None:
     merged.update(checked)
     _validate_together(merged)
     _given.update(checked)
+    _from_env.clear()
 
 
 def get(name: str) -> Any:
@@ -211,6 +214,24 @@ def get(name: str) -> Any:
     return _check(name, raw)
 
 
+def cached(name: str) -> Any:
+    """
+    :func:`get` for the hot path: the environment is read once per setting,
+    until :func:`configure`, :func:`reset` or :func:`refresh` is called.
+    """
+    if name in _given:
+        return _given[name]
+    hit = _from_env.get(name)
+    if hit is None:
+        hit = _from_env[name] = (None, get(name))
+    return hit[1]
+
+
+def refresh() -> None:
+    """Read the environment again on the next :func:`cached` call."""
+    _from_env.clear()
+
+
 def snapshot() -> dict[str, Any]:
     """Every setting's value in force, as a new dict (also validates the environment)."""
     values = {name: get(name) for name in SETTINGS}
@@ -220,3 +241,4 @@ def snapshot() -> dict[str, Any]:
 def reset() -> None:
     """Forget everything given to :func:`configure` (the environment still counts)."""
     _given.clear()
+    _from_env.clear()

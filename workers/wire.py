@@ -150,7 +150,9 @@ class BoxParser:
                 vend = vstart + 2 + vlen
                 if vend > end:
                     break
-                box[bytes(buf[pos + 2:vstart])] = bytes(buf[vstart + 2:vend])
+                view = memoryview(buf)
+                box[bytes(view[pos + 2:vstart])] = bytes(view[vstart + 2:vend])
+                view.release()
                 pos = vend
         finally:
             if pos:

@@ -48,13 +48,20 @@ def _dumps(obj: Any) -> bytes:
 
 
 def _write_all(fd: int, parts: list[bytes | memoryview] | bytes) -> None:
+    """Write every part, in as few system calls as the pipe allows."""
     if isinstance(parts, (bytes, bytearray)):
         parts = [parts]
-    for part in parts:
-        view = memoryview(part)
-        while view:
-            written = os.write(fd, view)
-            view = view[written:]
+    pending = [memoryview(p) for p in parts if len(p)]
+    while pending:
+        written = os.writev(fd, pending[:1024])
+        while written:
+            head = pending[0]
+            if written >= len(head):
+                written -= len(head)
+                pending.pop(0)
+            else:
+                pending[0] = head[written:]
+                written = 0
 
 
 def _error_box(ask: bytes, code: bytes, description: str, payload: bytes = b"") -> list:
@@ -151,12 +158,23 @@ def _die_with_parent() -> None:
         os._exit(1)
 
 
+def _widen_pipes() -> None:
+    """1 MiB pipe buffers: a big payload then crosses in a few wake-ups, not one per 64 KiB."""
+    import fcntl
+    for fd in (FD_IN, FD_OUT):
+        try:
+            fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, 1 << 20)
+        except (OSError, AttributeError):
+            pass
+
+
 def main() -> None:
     """Entry point of ``python -m workers``."""
     try:
         os.setsid()
     except OSError:
         pass
+    _widen_pipes()
     _die_with_parent()
     # What tasks print goes to the host's log; keep it line-buffered.
     sys.stdout = io.TextIOWrapper(open(1, "wb", buffering=0, closefd=False),

@@ -1,0 +1,219 @@
+"""
+procpool side by side with its peers, run by hand (not by CI): ``make bench``.
+
+Each system runs in a fresh interpreter, with 2 workers, warm:
+
+- start: from creating the pool to the first result;
+- round trip: one no-op task at a time, p50 and p99 in microseconds;
+- throughput: 20,000 no-op tasks submitted at once, tasks per second;
+- echo: a 1 MiB bytes object there and back, MiB per second.
+
+Peers: plain ampoule (24.10, recycling off; its values are capped at 64 KiB,
+so its echo sends 1 MiB as 16 calls), ``concurrent.futures.ProcessPoolExecutor``
+and pebble. The table gives each figure and its ratio to procpool's.
+
+    python bench/run.py [--systems procpool,futures] [--repeat 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+
+ROUND_TRIPS = 2000
+BURST = 20_000
+ECHOES = 60
+MiB = 1024 * 1024
+
+
+def _percentiles(samples: list[float]) -> tuple[float, float]:
+    samples = sorted(samples)
+    return (samples[len(samples) // 2] * 1e6, samples[int(len(samples) * 0.99)] * 1e6)
+
+
+def _twisted_bench(make_pool, call_noop, call_echo, stop) -> dict:
+    from twisted.internet import defer, reactor
+
+    out: dict = {}
+
+    @defer.inlineCallbacks
+    def run():
+        t0 = time.perf_counter()
+        pool = yield make_pool()
+        yield call_noop(pool, 0)
+        out["start_ms"] = (time.perf_counter() - t0) * 1000
+        for i in range(200):
+            yield call_noop(pool, i)
+        samples = []
+        for i in range(ROUND_TRIPS):
+            t = time.perf_counter()
+            yield call_noop(pool, i)
+            samples.append(time.perf_counter() - t)
+        out["rt_p50_us"], out["rt_p99_us"] = _percentiles(samples)
+        t = time.perf_counter()
+        yield defer.gatherResults([call_noop(pool, i) for i in range(BURST)])
+        out["burst_per_s"] = BURST / (time.perf_counter() - t)
+        data = os.urandom(MiB)
+        for _ in range(3):
+            yield call_echo(pool, data)
+        t = time.perf_counter()
+        for _ in range(ECHOES):
+            back = yield call_echo(pool, data)
+        assert back == data
+        out["echo_mib_s"] = ECHOES / (time.perf_counter() - t)
+        yield stop(pool)
+
+    def go():
+        d = run()
+        d.addErrback(lambda f: out.setdefault("error", f.getTraceback()))
+        d.addBoth(lambda _: reactor.stop())
+
+    reactor.callWhenRunning(go)
+    reactor.run()
+    return out
+
+
+def bench_procpool() -> dict:
+    """procpool's ProcessPool through run_async."""
+    import procpool
+    from tasks import echo, noop
+
+    procpool.configure(PROCPOOL_MIN_NPROC=2, PROCPOOL_MAX_NPROC=2)
+
+    def make_pool():
+        return procpool.start()
+
+    return _twisted_bench(make_pool, lambda _, i: procpool.run_async(noop, i),
+                          lambda _, data: procpool.run_async(echo, data),
+                          lambda _: procpool.stop())
+
+
+def bench_ampoule() -> dict:
+    """Plain ampoule 24.10 with recycling off."""
+    from ampoule import pool as apool
+    from ampoule.main import ProcessStarter
+    from ampoule_child import BenchChild, Echo, Noop
+    from twisted.internet import defer
+
+    def make_pool():
+        starter = ProcessStarter(env={"PYTHONPATH": HERE}, packages=())
+        pool = apool.ProcessPool(BenchChild, min=2, max=2, recycleAfter=0, starter=starter)
+        return pool.start().addCallback(lambda _: pool)
+
+    def echo(pool, data):
+        size = 60 * 1024
+        calls = [pool.doWork(Echo, data=data[i:i + size]) for i in range(0, len(data), size)]
+        return defer.gatherResults(calls).addCallback(
+            lambda parts: b"".join(p["data"] for p in parts))
+
+    return _twisted_bench(make_pool, lambda pool, i: pool.doWork(Noop, x=i), echo,
+                          lambda pool: pool.stop())
+
+
+def _futures_bench(make, submit) -> dict:
+    from tasks import echo, noop
+
+    out: dict = {}
+    t0 = time.perf_counter()
+    pool = make()
+    submit(pool, noop, 0).result()
+    out["start_ms"] = (time.perf_counter() - t0) * 1000
+    for i in range(200):
+        submit(pool, noop, i).result()
+    samples = []
+    for i in range(ROUND_TRIPS):
+        t = time.perf_counter()
+        submit(pool, noop, i).result()
+        samples.append(time.perf_counter() - t)
+    out["rt_p50_us"], out["rt_p99_us"] = _percentiles(samples)
+    t = time.perf_counter()
+    futures = [submit(pool, noop, i) for i in range(BURST)]
+    for f in futures:
+        f.result()
+    out["burst_per_s"] = BURST / (time.perf_counter() - t)
+    data = os.urandom(MiB)
+    for _ in range(3):
+        submit(pool, echo, data).result()
+    t = time.perf_counter()
+    for _ in range(ECHOES):
+        back = submit(pool, echo, data).result()
+    assert back == data
+    out["echo_mib_s"] = ECHOES / (time.perf_counter() - t)
+    pool.shutdown() if hasattr(pool, "shutdown") else (pool.close(), pool.join())
+    return out
+
+
+def bench_futures() -> dict:
+    """concurrent.futures.ProcessPoolExecutor (fork)."""
+    from concurrent.futures import ProcessPoolExecutor
+    return _futures_bench(lambda: ProcessPoolExecutor(max_workers=2),
+                          lambda pool, fn, arg: pool.submit(fn, arg))
+
+
+def bench_pebble() -> dict:
+    """pebble.ProcessPool."""
+    import pebble
+    return _futures_bench(lambda: pebble.ProcessPool(max_workers=2),
+                          lambda pool, fn, arg: pool.schedule(fn, args=(arg,)))
+
+
+SYSTEMS = {"procpool": bench_procpool, "ampoule": bench_ampoule,
+           "futures": bench_futures, "pebble": bench_pebble}
+COLUMNS = [("start_ms", "start ms", False), ("rt_p50_us", "rt p50 us", False),
+           ("rt_p99_us", "rt p99 us", False), ("burst_per_s", "20k tasks/s", True),
+           ("echo_mib_s", "1MiB echo MiB/s", True)]
+
+
+def _one(name: str) -> dict:
+    proc = subprocess.run([sys.executable, __file__, "--one", name], capture_output=True,
+                          text=True, timeout=600)
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
+    if proc.returncode or not lines:
+        return {"error": (proc.stderr or proc.stdout)[-2000:]}
+    return json.loads(lines[-1])
+
+
+def main() -> None:
+    """Run every system ``--repeat`` times in fresh interpreters and print the table."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--one", help=argparse.SUPPRESS)
+    parser.add_argument("--systems", default=",".join(SYSTEMS))
+    parser.add_argument("--repeat", type=int, default=3)
+    args = parser.parse_args()
+    if args.one:
+        print(json.dumps(SYSTEMS[args.one]()))
+        return
+    names = [n for n in args.systems.split(",") if n]
+    results: dict[str, dict] = {}
+    for name in names:
+        runs = []
+        for i in range(args.repeat):
+            print(f"bench: {name} run {i + 1}/{args.repeat} ...", file=sys.stderr, flush=True)
+            runs.append(_one(name))
+        good = [r for r in runs if "error" not in r]
+        if not good:
+            print(f"{name}: failed\n{runs[0]['error']}", file=sys.stderr)
+            continue
+        results[name] = {k: statistics.median(r[k] for r in good) for k, _, _ in COLUMNS}
+    base = results.get("procpool")
+    print(f"2 workers, warm, medians of {args.repeat} fresh runs; (x) = ratio to procpool\n")
+    print(f"{'system':<10}" + "".join(f"{title:>22}" for _, title, _ in COLUMNS))
+    for name, row in results.items():
+        cells = []
+        for key, _, _ in COLUMNS:
+            value = row[key]
+            ratio = f" ({value / base[key]:.2f}x)" if base and base[key] else ""
+            cells.append(f"{value:>13,.0f}{ratio:>9}")
+        print(f"{name:<10}" + "".join(cells))
+
+
+if __name__ == "__main__":
+    main()
