@@ -83,8 +83,9 @@ def _twisted_bench(make_pool, call_noop, call_echo, stop) -> dict:
 
 def bench_procpool() -> dict:
     """procpool's ProcessPool through run_async."""
-    import procpool
     from tasks import echo, noop
+
+    import procpool
 
     procpool.configure(PROCPOOL_MIN_NPROC=2, PROCPOOL_MAX_NPROC=2)
 
