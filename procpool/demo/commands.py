@@ -19,7 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from twisted.internet.defer import CancelledError
+from twisted.internet.defer import CancelledError, Deferred
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -191,7 +191,9 @@ def cmd_py(character: Character, args: str) -> None:
     try:
         if code is not None:
             result = eval(code, namespace)  # noqa: S307 - builders only, by design
-            if result is not None:
+            if isinstance(result, Deferred):
+                character.msg("<Deferred: running; its callbacks will answer>")
+            elif result is not None:
                 character.msg(repr(result))
         else:
             exec(compile(args, "<py>", "exec"), namespace)  # noqa: S102 - builders only
