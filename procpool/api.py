@@ -121,20 +121,50 @@ def run_async(to_execute: Callable[..., Any] | str, *args: Any, **kwargs: Any) -
             payload = dumps((to_execute, args, kwargs), f"{what} or its arguments")
             d = pool.submit(b"c", payload, timeout)
 
+    out = AsyncResult()
+    d.chainDeferred(out)
     if at_return is not None:
-        d.addCallback(lambda result: at_return(result, **at_return_kwargs))
+        out.addCallback(lambda result: at_return(result, **at_return_kwargs))
     if at_err is not None:
-        d.addErrback(lambda failure: at_err(failure, **at_err_kwargs))
+        out.addErrback(lambda failure: at_err(failure, **at_err_kwargs))
     else:
-        d.addErrback(_log_unless_chained, d, what)
-    return d
+        out.addErrback(_log_unless_chained, out, what)
+    out._sealed = True
+    return out
 
 
-def _log_unless_chained(failure: Failure, d: defer.Deferred, what: str) -> Failure | None:
-    # The caller's own callbacks come after this one; if there are any, the
-    # failure is theirs to handle. Otherwise log it here, once, so it never
-    # becomes "Unhandled error in Deferred".
-    if d.callbacks:
+class AsyncResult(defer.Deferred):
+    """
+    The Deferred ``run_async`` returns. It notes whether the caller added
+    callbacks of their own, so that a failure with no ``at_err`` is handed
+    to the caller's errback if there is one, and logged once otherwise.
+    """
+
+    _sealed = False
+    chained = False
+
+    def addCallbacks(self, *args: Any, **kwargs: Any) -> defer.Deferred:  # noqa: N802
+        self.chained = self.chained or self._sealed
+        return super().addCallbacks(*args, **kwargs)
+
+    def addCallback(self, *args: Any, **kwargs: Any) -> defer.Deferred:  # noqa: N802
+        self.chained = self.chained or self._sealed
+        return super().addCallback(*args, **kwargs)
+
+    def addErrback(self, *args: Any, **kwargs: Any) -> defer.Deferred:  # noqa: N802
+        self.chained = self.chained or self._sealed
+        return super().addErrback(*args, **kwargs)
+
+    def addBoth(self, *args: Any, **kwargs: Any) -> defer.Deferred:  # noqa: N802
+        self.chained = self.chained or self._sealed
+        return super().addBoth(*args, **kwargs)
+
+
+def _log_unless_chained(failure: Failure, d: AsyncResult, what: str) -> Failure | None:
+    # Callbacks the caller added come after this one: the failure is theirs.
+    # Otherwise log it here, once, so it never becomes "Unhandled error in
+    # Deferred" (Evennia 6.1 lost this).
+    if d.chained:
         return failure
     log.failure("run_async: {what} failed", failure, what=what)
     return None

@@ -1,0 +1,159 @@
+"""Helpers for the core engine's tests: task functions a worker can import, and a base class."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from typing import Any
+
+from twisted.internet import defer, reactor, task
+from twisted.trial import unittest
+
+import procpool
+from procpool import api
+
+
+def pid() -> int:
+    """The pid of the process running the task."""
+    return os.getpid()
+
+
+def add(a: int, b: int = 0) -> int:
+    """a + b."""
+    return a + b
+
+
+def echo(value: Any) -> Any:
+    """The value itself."""
+    return value
+
+
+def sized(n: int) -> bytes:
+    """n bytes."""
+    return b"r" * n
+
+
+def record_kwargs(*args: Any, **kwargs: Any) -> tuple:
+    """The arguments the task received."""
+    return args, kwargs
+
+
+def sleep(seconds: float) -> float:
+    """Sleep, then return the seconds."""
+    time.sleep(seconds)
+    return seconds
+
+
+def burn(seconds: float) -> int:
+    """Spin the CPU for ``seconds``."""
+    end = time.perf_counter() + seconds
+    n = 0
+    while time.perf_counter() < end:
+        n += 1
+    return n
+
+
+def exit_now(code: int) -> None:
+    """Leave the worker process at once, without cleanup."""
+    os._exit(code)
+
+
+def kill_self() -> None:
+    """SIGKILL the worker from the inside (as the OOM killer would)."""
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def segfault() -> None:
+    """Read address 0."""
+    import ctypes
+    ctypes.string_at(0)
+
+
+def start_grandchild(path: str) -> None:
+    """Start `sleep 100`, write its pid to ``path``, and hang."""
+    child = subprocess.Popen(["sleep", "100"])
+    with open(path, "w") as f:
+        f.write(str(child.pid))
+    time.sleep(100)
+
+
+def env_value(name: str) -> str | None:
+    """An environment variable as the worker sees it."""
+    return os.environ.get(name)
+
+
+class Unpicklable(Exception):
+    """An exception that pickles but cannot be rebuilt (its __init__ needs two arguments)."""
+
+    def __init__(self, a: Any, b: Any) -> None:
+        super().__init__(f"{a}/{b}")
+
+
+def raise_unpicklable() -> None:
+    """Raise an exception the host cannot rebuild."""
+    raise Unpicklable("left", "right")
+
+
+def raise_keyerror() -> None:
+    """Raise KeyError('missing')."""
+    raise KeyError("missing")
+
+
+def alive(p: int) -> bool:
+    """Is process ``p`` alive (and not a zombie)?"""
+    try:
+        with open(f"/proc/{p}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def children_of(parent: int) -> list[tuple[int, str]]:
+    """(pid, state) of every direct child of ``parent``."""
+    out = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+        if int(fields[1]) == parent:
+            out.append((int(entry), fields[0]))
+    return out
+
+
+def wait_until(predicate: Any, timeout: float = 10.0, interval: float = 0.05) -> defer.Deferred:
+    """Fire True once ``predicate()`` holds, or False after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+
+    @defer.inlineCallbacks
+    def loop() -> Any:
+        while time.monotonic() < deadline:
+            if predicate():
+                return True
+            yield task.deferLater(reactor, interval, lambda: None)
+        return bool(predicate())
+
+    return loop()
+
+
+class PoolTestCase(unittest.TestCase):
+    """Runs each test with a fresh process-wide pool of 1 to 2 workers, stopped after."""
+
+    min_workers = 1
+    max_workers = 2
+    extra_settings: dict[str, Any] = {}
+
+    def setUp(self) -> defer.Deferred:
+        procpool.configure(PROCPOOL_MIN_NPROC=self.min_workers,
+                           PROCPOOL_MAX_NPROC=self.max_workers, **self.extra_settings)
+        self.addCleanup(procpool.stop)
+        return procpool.start()
+
+    @property
+    def pool(self) -> Any:
+        return api.get_pool()
