@@ -95,7 +95,7 @@ class _Task:
     def __init__(self, kind: bytes, payload: bytes, timeout: float | None) -> None:
         self.deferred: defer.Deferred = defer.Deferred()
         self.kind = kind
-        self.payload: bytes | None = payload
+        self.payload = payload
         self.timeout = timeout
         self.ask = b""
         self.submitted = time.perf_counter()
@@ -465,8 +465,9 @@ class ProcessPool:
     def _send(self, worker: _Worker, task: _Task) -> None:
         worker.asks += 1
         task.ask = ask = b"%x" % worker.asks
+        # The payload stays with the task until it is answered: if the worker
+        # dies first, a task that never started is sent again elsewhere.
         box = wire.encode_run(ask, task.kind, task.payload)
-        task.payload = None
         worker.inflight.append(task)
         worker.send(box if isinstance(box, bytes) else b"".join(box))
         task.sent = time.perf_counter()
