@@ -128,6 +128,9 @@ def main(config: dict[str, Any] | None = None) -> None:
         os.setsid()  # its own process group, so the host can kill all of it
     except OSError:
         pass
+    # The host passes an empty environment; Python's own locale coercion (PEP 538)
+    # may have added LC_CTYPE. Player code sees none.
+    os.environ.clear()
     _fast_find_library()
     import traceback  # noqa: F401  (used after confinement, when no import can open a file)
 

@@ -240,8 +240,10 @@ class _Child(ProcessProtocol):
             self._timer.cancel()
         self._timer = None
         request = self.request
-        if request is not None and not request.done:
-            request.finish(self._outcome(reason))
+        if request is not None:
+            self.pool._warn_about_run(self)
+            if not request.done:
+                request.finish(self._outcome(reason))
         self.pool._child_ended(self)
         self.ended.callback(None)
 
@@ -452,6 +454,15 @@ class SandboxPool:
             self._starting.discard(child)
             self._idle.append(child)
 
+    def _warn_about_run(self, child: _Child) -> None:
+        layers = (child.header or {}).get("layers")
+        if isinstance(layers, dict) and "degraded" in layers:
+            log.warn("sandboxed run without OS confinement (PROCPOOL_SANDBOX_DEGRADED): "
+                     "{reason}", reason=layers["degraded"])
+        if not self.restricted:
+            log.warn("sandboxed run without the language layer "
+                     "(PROCPOOL_SANDBOX_RESTRICTED is off: a testing switch)")
+
     def _child_ended(self, child: _Child) -> None:
         self._children.discard(child)
         self._running.discard(child)
@@ -464,14 +475,6 @@ class SandboxPool:
                 if self._start_failed is None:
                     log.error("sandbox children cannot start: {reason}", reason=reason)
                 self._start_failed = reason
-        if child.request is not None:
-            layers = (child.header or {}).get("layers")
-            if isinstance(layers, dict) and "degraded" in layers:
-                log.warn("sandboxed run without OS confinement (PROCPOOL_SANDBOX_DEGRADED): "
-                         "{reason}", reason=layers["degraded"])
-            if not self.restricted:
-                log.warn("sandboxed run without the language layer "
-                         "(PROCPOOL_SANDBOX_RESTRICTED is off: a testing switch)")
         if not self._stopped:
             self._pump()
 

@@ -22,8 +22,11 @@ import types
 from collections.abc import Callable
 from typing import Any
 
-from RestrictedPython import RestrictingNodeTransformer, compile_restricted_eval
-from RestrictedPython import compile_restricted_exec
+from RestrictedPython import (
+    RestrictingNodeTransformer,
+    compile_restricted_eval,
+    compile_restricted_exec,
+)
 from RestrictedPython.Guards import (
     full_write_guard,
     guarded_iter_unpack_sequence,
