@@ -28,7 +28,8 @@ from typing import Any
 __all__ = ["main", "BOOTSTRAP"]
 
 # What the host passes to `python -c`; argv[1] is the configuration.
-BOOTSTRAP = ("import sys,json;c=json.loads(sys.argv[1]);sys.path[:0]=c['paths'];"
+BOOTSTRAP = ("import os,sys,json;os.chdir('/');c=json.loads(sys.argv[1]);"
+             "sys.path[:0]=c['paths'];"
              "from sandbox.child import main;main(c)")
 
 # Modules that player code may `import` when the language layer is switched
@@ -40,11 +41,12 @@ _SONAMES = {"c": "libc.so.6", "seccomp": "libseccomp.so.2"}
 
 
 def _fast_find_library() -> None:
-    """pyseccomp calls ctypes.util.find_library, which runs ldconfig: try the soname first."""
+    """
+    pyseccomp calls ctypes.util.find_library, which imports subprocess and runs
+    ldconfig: answer with the usual sonames when they load, else defer to it.
+    """
     import ctypes
-    import ctypes.util
-
-    original = ctypes.util.find_library
+    import types
 
     def find_library(name: str) -> str | None:
         soname = _SONAMES.get(name)
@@ -54,9 +56,15 @@ def _fast_find_library() -> None:
                 return soname
             except OSError:
                 pass
-        return original(name)
+        import importlib
 
-    ctypes.util.find_library = find_library
+        del sys.modules["ctypes.util"]
+        return importlib.import_module("ctypes.util").find_library(name)
+
+    shim = types.ModuleType("ctypes.util")
+    shim.find_library = find_library  # type: ignore[attr-defined]
+    sys.modules["ctypes.util"] = shim
+    ctypes.util = shim  # type: ignore[attr-defined]
 
 
 def _write_line(obj: Any) -> None:
@@ -124,6 +132,7 @@ def main(config: dict[str, Any] | None = None) -> None:
     """Run one sandboxed request as described in the module docstring; never returns."""
     if config is None:
         config = json.loads(sys.argv[1])
+    os.chdir("/")
     try:
         os.setsid()  # its own process group, so the host can kill all of it
     except OSError:

@@ -21,7 +21,6 @@ import os
 import platform
 import resource
 import sys
-from dataclasses import dataclass
 from typing import Any
 
 try:  # imported now: once confined, the child can open no file
@@ -54,19 +53,15 @@ class ConfinementError(Exception):
     """A confinement layer that is not optional could not be set up."""
 
 
-@dataclass(frozen=True)
 class Limits:
     """What the child confines itself to; sent by the host as JSON in argv."""
 
-    cpu: int = 2
-    memory: int = 256 << 20
-    uid: int | None = None
-    gid: int | None = None
-    seccomp: bool = True
-    seccomp_kill: bool = False
-    landlock: bool = True
-    namespaces: bool = False
-    recursion: int = 400
+    def __init__(self, cpu: int = 2, memory: int = 256 << 20, uid: int | None = None,
+                 gid: int | None = None, seccomp: bool = True, seccomp_kill: bool = False,
+                 landlock: bool = True, namespaces: bool = False, recursion: int = 400) -> None:
+        self.cpu, self.memory, self.uid, self.gid = cpu, memory, uid, gid
+        self.seccomp, self.seccomp_kill = seccomp, seccomp_kill
+        self.landlock, self.namespaces, self.recursion = landlock, namespaces, recursion
 
 
 def _close_descriptors() -> None:

@@ -428,7 +428,9 @@ class SandboxPool:
     def _spawn(self) -> _Child:
         child = _Child(self)
         args = [self.python, "-I", "-S", "-B", "-c", BOOTSTRAP, json.dumps(self.config)]
-        self.reactor.spawnProcess(child, self.python, args, env={}, path="/",
+        # No path=: Twisted then uses posix_spawn instead of forking this large
+        # process in Python; the child changes to "/" as its first step.
+        self.reactor.spawnProcess(child, self.python, args, env={},
                                   childFDs={0: "w", 1: "r", 2: "r"})
         self._children.add(child)
         return child
