@@ -95,6 +95,15 @@ class WorkerDatabaseTests(TestCase):
             yield support_sleep(0.1)
         self.assertEqual(opened & self.worker_backends(), set())
 
+
+class WorkerDatabaseSettingTests(TestCase):
+    timeout = 120
+
+    def setUp(self):
+        self.addCleanup(settings.reset)
+        self.addCleanup(tasks.set_handler, None)
+        procpool.configure(PROCPOOL_MIN_NPROC=1, PROCPOOL_MAX_NPROC=1)
+
     @inlineCallbacks
     def test_sqlite_setting_is_refused_with_a_reason(self):
         scratch = tempfile.TemporaryDirectory(prefix="procpool-workerdb-")
