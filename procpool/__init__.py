@@ -41,11 +41,12 @@ _LAZY = {
     "stats": "procpool.api",
     "get_pool": "procpool.api",
     "delay": "procpool.tasks",
-    "interactive": "procpool.interactive",
-    "returnValue": "procpool.interactive",
+    "interactive": "procpool.dialogue",
+    "returnValue": "procpool.dialogue",
     "limited_exec": "sandbox.host",
     "SandboxError": "sandbox.errors",
     "SandboxUnavailable": "sandbox.errors",
+    "SandboxBusy": "sandbox.errors",
 }
 
 __all__ = [
@@ -70,6 +71,7 @@ __all__ = [
     "SettingError",
     "SandboxError",
     "SandboxUnavailable",
+    "SandboxBusy",
 ]
 
 

@@ -198,6 +198,9 @@ def _read_in_large_pieces(transport: Any) -> None:
             fcntl.fcntl(pipe.fd, fcntl.F_SETPIPE_SZ, 1 << 20)
         except (OSError, AttributeError):
             pass
+    writer = pipes.get(3)
+    if writer is not None and hasattr(writer, "SEND_LIMIT"):
+        writer.SEND_LIMIT = 1 << 20  # one write per MiB instead of eight
     reader = pipes.get(4)
     fd = getattr(reader, "fd", None)
     if fd is None:

@@ -1,8 +1,16 @@
-"""Shared test set-up: every test starts from default settings."""
+"""Shared test set-up: default settings for every test, and no files left in the work tree."""
+
+import os
+import tempfile
 
 import pytest
 
 from procpool import settings
+
+# procpool.start() loads persistent tasks; keep the default SQLite file out of the work tree.
+if "PROCPOOL_DATABASE" not in os.environ:
+    os.environ["PROCPOOL_DATABASE"] = os.path.join(
+        tempfile.mkdtemp(prefix="procpool-tests-"), "procpool.sqlite3")
 
 
 @pytest.fixture(autouse=True)

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
+import tempfile
 import time
 from typing import Any
 
@@ -157,3 +159,9 @@ class PoolTestCase(unittest.TestCase):
     @property
     def pool(self) -> Any:
         return api.get_pool()
+
+    def mktemp(self) -> str:
+        """A fresh path in a temporary folder removed after the test (not in the work tree)."""
+        folder = tempfile.mkdtemp(prefix="procpool-test-")
+        self.addCleanup(shutil.rmtree, folder, True)
+        return os.path.join(folder, "tmp")

@@ -9,7 +9,7 @@ from twisted.trial import unittest
 from procpool.demo import callbacks
 from procpool.demo.server import PlayerConnection, TelnetLineProtocol
 from procpool.demo.world import Character, World, set_current
-from procpool.interactive import interactive
+from procpool.dialogue import interactive
 
 
 class Lines(TelnetLineProtocol):

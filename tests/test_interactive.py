@@ -15,7 +15,7 @@ from twisted.trial import unittest
 
 from procpool import interactive as interactive_from_package
 from procpool import returnValue as return_value_from_package
-from procpool.interactive import interactive, returnValue
+from procpool.dialogue import interactive, returnValue
 
 
 class Player:

@@ -25,7 +25,7 @@ from twisted.python.failure import Failure
 
 from procpool.demo import callbacks
 from procpool.demo.world import Character
-from procpool.interactive import interactive
+from procpool.dialogue import interactive
 
 log = Logger()
 

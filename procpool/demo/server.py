@@ -27,7 +27,7 @@ from twisted.python.failure import Failure
 
 from procpool.demo import commands
 from procpool.demo.world import Character, World, set_current
-from procpool.interactive import interactive
+from procpool.dialogue import interactive
 
 log = Logger()
 

@@ -3,7 +3,7 @@ The demo's tiny world: one room, and a character for each connected player.
 
 A :class:`Character` is what procpool's APIs see as a ``caller``: it offers
 ``msg(text)`` for output and ``get_input(prompt, callback)`` for
-``@interactive`` questions (see :mod:`procpool.interactive`).
+``@interactive`` questions (see :mod:`procpool.dialogue`).
 """
 
 from __future__ import annotations

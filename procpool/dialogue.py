@@ -240,7 +240,7 @@ class _Dialogue:
             raise TypeError(
                 f"@interactive {self.name} asked {question!r} but its caller {caller!r} "
                 "does not offer msg(text) and get_input(prompt, callback) "
-                "(see procpool.interactive)")
+                "(see procpool.dialogue)")
         self._ticket += 1
         ticket = self._ticket
 
