@@ -21,7 +21,7 @@ from procpool.errors import ProcPoolTimeout
 from procpool.pool import ProcessPool, dumps
 from workers.source import run_source
 
-__all__ = ["run_async", "start", "stop", "stats", "get_pool"]
+__all__ = ["run_async", "start", "stop", "stats", "get_pool", "attach_callbacks", "AsyncResult"]
 
 log = Logger()
 
@@ -76,7 +76,8 @@ def run_async(to_execute: Callable[..., Any] | str, *args: Any, **kwargs: Any) -
     **at_return_kwargs)``, ``at_err(failure, **at_err_kwargs)``,
     ``use_thread`` (run in the reactor's thread pool instead),
     ``proc_timeout`` (seconds; kill the worker's process group past it) and
-    ``sandbox`` (run an untrusted source string in the sandbox). Other
+    ``sandbox`` (run an untrusted source string in the sandbox; there
+    ``caller`` names the player whose quota it counts against). Other
     keyword arguments go to the callable, or become a source string's
     globals; a source hands values back with ``_return(value)``::
 
@@ -109,7 +110,9 @@ def run_async(to_execute: Callable[..., Any] | str, *args: Any, **kwargs: Any) -
         if not isinstance(to_execute, str):
             raise TypeError("sandbox=True runs source strings only")
         from sandbox.host import run_sandboxed
-        d = run_sandboxed(to_execute, kwargs, timeout=timeout)
+        # `caller` (a character, never JSON) names whose quota the run counts against.
+        caller = kwargs.pop("caller", None)
+        d = run_sandboxed(to_execute, kwargs, timeout=timeout, caller=caller)
     elif use_thread or not settings.cached("PROCPOOL_ENABLED"):
         d = _in_thread(to_execute, args, kwargs, timeout)
     else:
@@ -121,12 +124,22 @@ def run_async(to_execute: Callable[..., Any] | str, *args: Any, **kwargs: Any) -
             payload = dumps((to_execute, args, kwargs), f"{what} or its arguments")
             d = pool.submit(b"c", payload, timeout)
 
+    return attach_callbacks(d, at_return, at_return_kwargs, at_err, at_err_kwargs, what)
+
+
+def attach_callbacks(d: defer.Deferred, at_return: Callable[..., Any] | None,
+                     at_return_kwargs: dict[str, Any] | None, at_err: Callable[..., Any] | None,
+                     at_err_kwargs: dict[str, Any] | None, what: str) -> AsyncResult:
+    """
+    Hang ``at_return``/``at_err`` on ``d`` the way run_async does, and return
+    the :class:`AsyncResult` the caller gets (shared with ``limited_exec``).
+    """
     out = AsyncResult()
     d.chainDeferred(out)
     if at_return is not None:
-        out.addCallback(lambda result: at_return(result, **at_return_kwargs))
+        out.addCallback(lambda result: at_return(result, **(at_return_kwargs or {})))
     if at_err is not None:
-        out.addErrback(lambda failure: at_err(failure, **at_err_kwargs))
+        out.addErrback(lambda failure: at_err(failure, **(at_err_kwargs or {})))
     else:
         out.addErrback(_log_unless_chained, out, what)
     out._sealed = True

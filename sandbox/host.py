@@ -516,23 +516,16 @@ def limited_exec(source: str, at_return: Callable[[Any], Any] | None = None,
     Run a player's source string in the sandbox; keyword arguments become its globals.
 
     ``at_return(result)`` runs on success, ``at_err(failure)`` on failure (an
-    error raised in ``at_return`` reaches ``at_err`` too). Without ``at_err`` a
-    failure is logged once and the Deferred then fires with None. Example::
+    error raised in ``at_return`` reaches ``at_err`` too), exactly as with
+    ``run_async``: without ``at_err``, a failure goes to an errback you chain
+    on the returned Deferred, or is logged once if there is none. Example::
 
         limited_exec("_return(sum(rolls))", at_return=caller.msg, rolls=[3, 4])
     """
+    from procpool.api import attach_callbacks
     d = run_sandboxed(source, context, timeout=timeout, caller=caller)
-    if at_return is not None:
-        d.addCallback(at_return)
-    if at_err is not None:
-        d.addErrback(at_err)
-    else:
-        d.addErrback(_log_failure, source)
-    return d
-
-
-def _log_failure(failure: Failure, source: str) -> None:
-    log.failure("sandboxed run failed: {source!r}", failure, source=source[:200])
+    return attach_callbacks(d, at_return, None, at_err, None,
+                            f"sandboxed source {source[:60]!r}")
 
 
 def stop() -> defer.Deferred[None]:

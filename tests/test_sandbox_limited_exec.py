@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from twisted.internet import defer
+from twisted.internet import defer, reactor, task
 from twisted.logger import globalLogPublisher
 from twisted.trial.unittest import TestCase
 
@@ -49,12 +49,26 @@ class TestLimitedExec(TestCase):
 
     @defer.inlineCallbacks
     def test_failure_without_at_err_is_logged_once(self) -> Any:
-        result = yield limited_exec("raise KeyError('gone')")
-        self.assertIsNone(result)
+        limited_exec("raise KeyError('gone')")
+        for _ in range(100):
+            if [e for e in self.events if "log_failure" in e]:
+                break
+            yield task.deferLater(reactor, 0.05, lambda: None)
         logged = [e for e in self.events if "log_failure" in e]
         self.assertEqual(len(logged), 1)
         self.assertIsInstance(logged[0]["log_failure"].value, SandboxError)
         self.flushLoggedErrors(SandboxError)
+
+    @defer.inlineCallbacks
+    def test_a_chained_errback_receives_the_failure(self) -> Any:
+        with self.assertRaises(SandboxError):
+            yield limited_exec("raise KeyError('mine')")
+        self.assertEqual([e for e in self.events if "log_failure" in e], [])
+
+    @defer.inlineCallbacks
+    def test_run_async_sandbox_counts_the_caller_quota(self) -> Any:
+        result = yield procpool.run_async("_return(n * 2)", sandbox=True, caller="ann", n=21)
+        self.assertEqual(result, 42)
 
     @defer.inlineCallbacks
     def test_stop_kills_the_warm_children(self) -> Any:
