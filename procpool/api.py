@@ -148,38 +148,50 @@ def attach_callbacks(d: defer.Deferred, at_return: Callable[..., Any] | None,
 
 class AsyncResult(defer.Deferred):
     """
-    The Deferred ``run_async`` returns. It notes whether the caller added
-    callbacks of their own, so that a failure with no ``at_err`` is handed
-    to the caller's errback if there is one, and logged once otherwise.
+    The Deferred ``run_async`` returns.
+
+    With no ``at_err``, a failure must neither be lost nor become "Unhandled
+    error in Deferred". So: if the caller has chained callbacks by the time
+    the failure arrives, it goes to them. If not, it is logged once and held;
+    callbacks chained later still receive it (collecting Deferreds and
+    chaining ``gatherResults`` afterwards is common), and only if none ever
+    come is it dropped, already logged.
     """
 
     _sealed = False
     chained = False
+    _held: Failure | None = None
+
+    def _chaining(self) -> None:
+        if self._sealed:
+            self.chained = True
+            held, self._held = self._held, None
+            if held is not None and self.called and self.result is None:
+                self.result = held
 
     def addCallbacks(self, *args: Any, **kwargs: Any) -> defer.Deferred:  # noqa: N802
-        self.chained = self.chained or self._sealed
+        self._chaining()
         return super().addCallbacks(*args, **kwargs)
 
     def addCallback(self, *args: Any, **kwargs: Any) -> defer.Deferred:  # noqa: N802
-        self.chained = self.chained or self._sealed
+        self._chaining()
         return super().addCallback(*args, **kwargs)
 
     def addErrback(self, *args: Any, **kwargs: Any) -> defer.Deferred:  # noqa: N802
-        self.chained = self.chained or self._sealed
+        self._chaining()
         return super().addErrback(*args, **kwargs)
 
     def addBoth(self, *args: Any, **kwargs: Any) -> defer.Deferred:  # noqa: N802
-        self.chained = self.chained or self._sealed
+        self._chaining()
         return super().addBoth(*args, **kwargs)
 
 
 def _log_unless_chained(failure: Failure, d: AsyncResult, what: str) -> Failure | None:
     # Callbacks the caller added come after this one: the failure is theirs.
-    # Otherwise log it here, once, so it never becomes "Unhandled error in
-    # Deferred" (Evennia 6.1 lost this).
     if d.chained:
         return failure
     log.failure("run_async: {what} failed", failure, what=what)
+    d._held = failure
     return None
 
 

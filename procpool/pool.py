@@ -116,6 +116,7 @@ class _Worker(protocol.ProcessProtocol):
         self.exclusive = False
         self.killed = False
         self.dead = False
+        self.closing = False
         self.asks = 0
         self.dispatched = 0
         self.ewma: float | None = None
@@ -139,9 +140,21 @@ class _Worker(protocol.ProcessProtocol):
         if childFD == 4:
             pool = self.pool
             for box in self.parser.feed(data):
-                pool._box_received(self, box)
+                try:
+                    pool._box_received(self, box)
+                except Exception:
+                    # Never let one box's trouble lose the boxes behind it.
+                    log.failure("procpool: handling an answer from worker {pid} failed",
+                                pid=self.pid)
         else:
             self._output(childFD, data)
+
+    def childConnectionLost(self, childFD: int) -> None:
+        if childFD in (3, 4) and not self.dead:
+            # The worker is going away: send it nothing more. Its unanswered
+            # tasks are settled when the process has ended (processEnded).
+            self.closing = True
+            self.pool._worker_closing(self)
 
     def _output(self, fd: int, data: bytes) -> None:
         text = self._partial[fd] + data
@@ -160,8 +173,16 @@ class _Worker(protocol.ProcessProtocol):
                 self._output(fd, b"\n")
         self.pool._worker_ended(self, reason)
 
-    def send(self, data: bytes) -> None:
-        self.transport.writeToChild(3, data)
+    def send(self, data: bytes) -> bool:
+        """Write to the worker; False if its input is already gone."""
+        if self.closing or self.dead:
+            return False
+        try:
+            self.transport.writeToChild(3, data)
+        except (KeyError, OSError):
+            self.closing = True
+            return False
+        return True
 
     def close_input(self) -> None:
         try:
@@ -463,16 +484,19 @@ class ProcessPool:
                 self._grow()
                 return
             queue.popleft()
-            self._send(chosen, task)
+            if not self._send(chosen, task):
+                queue.appendleft(task)
+                self._worker_closing(chosen)
 
-    def _send(self, worker: _Worker, task: _Task) -> None:
+    def _send(self, worker: _Worker, task: _Task) -> bool:
         worker.asks += 1
         task.ask = ask = b"%x" % worker.asks
         # The payload stays with the task until it is answered: if the worker
         # dies first, a task that never started is sent again elsewhere.
         box = wire.encode_run(ask, task.kind, task.payload)
+        if not worker.send(box if isinstance(box, bytes) else b"".join(box)):
+            return False
         worker.inflight.append(task)
-        worker.send(box if isinstance(box, bytes) else b"".join(box))
         task.sent = time.perf_counter()
         if task.timeout is not None:
             worker.exclusive = True
@@ -480,6 +504,12 @@ class ProcessPool:
         worker.dispatched += 1
         if self.recycle and worker.dispatched >= self.recycle and not worker.retiring:
             self._retire(worker, recycled=True)
+        return True
+
+    def _worker_closing(self, worker: _Worker) -> None:
+        """A worker's pipe closed: dispatch nothing more to it."""
+        if worker in self._ready:
+            self._ready.remove(worker)
 
     def _box_received(self, worker: _Worker, box: dict[bytes, bytes]) -> None:
         if not worker.ready:

@@ -237,3 +237,21 @@ class ThreadFallback(s.PoolTestCase):
     def test_thread_timeout_fails_the_deferred(self):
         with self.assertRaises(procpool.ProcPoolTimeout):
             yield procpool.run_async(s.sleep, 1.0, use_thread=True, proc_timeout=0.2)
+
+
+class LateChaining(s.PoolTestCase):
+    @defer.inlineCallbacks
+    def test_a_failure_reaches_callbacks_chained_after_it_happened(self):
+        d = procpool.run_async("raise ValueError('late')")
+        yield s.wait_until(lambda: self.pool.stats()["tasks_failed"] == 1, 10)
+        self.assertEqual(len(self.flushLoggedErrors(ValueError)), 1)
+        with self.assertRaises(ValueError):
+            yield d
+
+    @defer.inlineCallbacks
+    def test_gather_results_chained_late_sees_the_failure(self):
+        ds = [procpool.run_async(s.add, 1), procpool.run_async("1/0")]
+        yield s.wait_until(lambda: self.pool.stats()["tasks_failed"] == 1, 10)
+        self.flushLoggedErrors(ZeroDivisionError)
+        with self.assertRaises(defer.FirstError):
+            yield defer.gatherResults(ds, consumeErrors=True)
