@@ -65,7 +65,7 @@ class _Task:
     """One scheduled call, as the handler keeps it."""
 
     __slots__ = ("task_id", "due", "callback", "args", "kwargs", "payload", "deferred",
-                 "timer", "running")
+                 "timer", "running", "cancelled")
 
     def __init__(self, task_id: int, due: float, callback: Callable[..., Any],
                  args: tuple[Any, ...], kwargs: dict[str, Any], payload: bytes | None) -> None:
@@ -78,6 +78,7 @@ class _Task:
         self.deferred: Deferred[Any] = Deferred()
         self.timer: Any = None
         self.running = False
+        self.cancelled = False
 
     @property
     def persistent(self) -> bool:
@@ -110,6 +111,31 @@ class TaskHandle:
     def get_id(self) -> int:
         """The task's id, unique for the life of the database: ``task.get_id()``."""
         return self._task.task_id
+
+    @property
+    def due(self) -> float:
+        """When the task is (or was) due, in the handler clock's seconds: ``task.due``."""
+        return self._task.due
+
+    @property
+    def persistent(self) -> bool:
+        """True for a task kept in storage across restarts: ``task.persistent``."""
+        return self._task.persistent
+
+    @property
+    def callback(self) -> Callable[..., Any]:
+        """What the task calls: ``task.callback``."""
+        return self._task.callback
+
+    @property
+    def args(self) -> tuple[Any, ...]:
+        """The positional arguments the callback gets: ``task.args``."""
+        return self._task.args
+
+    @property
+    def kwargs(self) -> dict[str, Any]:
+        """The keyword arguments the callback gets (a copy): ``task.kwargs``."""
+        return dict(self._task.kwargs)
 
     def exists(self) -> bool:
         """True while the handler knows the task (pending, or cancelled and not yet removed)."""
@@ -176,10 +202,11 @@ class _Writer:
     transaction, which is what keeps 1,000 persistent adds cheap.
     """
 
-    def __init__(self, storage: Storage, high_water: Callable[[], int]) -> None:
+    def __init__(self, storage: Storage, high_water: Callable[[], int], clock: Any) -> None:
         from twisted.python.threadpool import ThreadPool
         self.storage = storage
         self._high_water = high_water
+        self._clock = clock
         self._queue: list[tuple[str, Any, Deferred[Any]]] = []
         self._retry_deletes: list[int] = []
         self._retry_call: Any = None
@@ -266,9 +293,8 @@ class _Writer:
         self._kick()
 
     def _schedule_retry(self) -> None:
-        from twisted.internet import reactor
         if self._retry_call is None or not self._retry_call.active():
-            self._retry_call = reactor.callLater(_RETRY_SECONDS, self._push, "delete", None)
+            self._retry_call = self._clock.callLater(_RETRY_SECONDS, self._push, "delete", None)
 
 
 def _check_delay(timedelay: Any) -> float:
@@ -353,6 +379,7 @@ class TaskHandler:
         self._writer: _Writer | None = None
         self._loaded = False
         self._start_waiters: list[Deferred[None]] = []
+        self._closing: Deferred[None] | None = None
         self._shutdown_trigger: Any = None
 
     @property
@@ -379,21 +406,26 @@ class TaskHandler:
             return waiter
         self._start_waiters.append(waiter)
         if self._writer is not None:
-            return waiter
+            return waiter           # already opening: this call waits for the same load
+        attempt = self._start_waiters
         spec = self._storage_spec
         if spec is None:
             spec = settings.get("PROCPOOL_DATABASE")
         storage = open_storage(spec) if isinstance(spec, str) else spec
         self.storage = storage
-        writer = self._writer = _Writer(storage, lambda: self._next_id)
+        writer = self._writer = _Writer(storage, lambda: self._next_id, self.clock)
 
         def open_and_load() -> tuple[list[StoredTask], int]:
             storage.open()
             return storage.load()
 
+        def load(_: Any) -> Deferred[tuple[list[StoredTask], int]]:
+            return writer.call(open_and_load)
+
         def loaded(result: tuple[list[StoredTask], int]) -> None:
             if self._writer is not writer:
-                return          # stopped while loading
+                raise HandlerNotStarted("the task handler was stopped before its storage "
+                                        "was loaded")
             self._load_tasks(result)
             from twisted.internet import reactor
             self._shutdown_trigger = reactor.addSystemEventTrigger(
@@ -408,11 +440,19 @@ class TaskHandler:
             return failure
 
         def tell(result: Any) -> None:
-            waiters, self._start_waiters = self._start_waiters, []
-            for w in waiters:
+            if self._start_waiters is attempt:
+                self._start_waiters = []
+            for w in attempt:
                 w.callback(None) if not isinstance(result, Failure) else w.errback(result)
 
-        writer.call(open_and_load).addCallbacks(loaded, failed).addBoth(tell)
+        # A stop() still writing (its last rows, the id mark) must be done before
+        # this load reads the database, or the load could miss or revive a row.
+        ready: Deferred[Any] = Deferred()
+        if self._closing is not None:
+            self._closing.addBoth(lambda result: ready.callback(None) or result)
+        else:
+            ready.callback(None)
+        ready.addCallback(load).addCallbacks(loaded, failed).addBoth(tell)
         return waiter
 
     def stop(self) -> Deferred[None]:
@@ -433,10 +473,17 @@ class TaskHandler:
             except (ValueError, KeyError):
                 pass
             self._shutdown_trigger = None
+        self._start_waiters = []        # a load in progress reports to its own callers
         writer, self._writer = self._writer, None
         if writer is None:
             return succeed(None)
-        return writer.close()
+        closing = self._closing = writer.close()
+
+        def closed(result: Any) -> Any:
+            if self._closing is closing:
+                self._closing = None
+            return result
+        return closing.addBoth(closed)
 
     def flush(self) -> Deferred[None]:
         """Fires once every storage write asked for so far is done: ``yield handler.flush()``."""
@@ -520,6 +567,15 @@ class TaskHandler:
         task = self.tasks.get(task_id)
         return TaskHandle(self, task) if task is not None else None
 
+    def handles(self, callback: Callable[..., Any] | None = None) -> list[TaskHandle]:
+        """
+        Handles on every known task in id order, or only those calling ``callback``.
+
+        ``[t.get_id() for t in handler.handles(tell) if t.active()]``
+        """
+        return [TaskHandle(self, task) for task_id, task in sorted(self.tasks.items())
+                if callback is None or task.callback == callback]
+
     def _new_id(self) -> int:
         task_id, self._next_id = self._next_id, self._next_id + 1
         return task_id
@@ -596,6 +652,7 @@ class TaskHandler:
     def _cancel(self, task: _Task) -> bool:
         if not self._owns(task) or task.deferred.called:
             return False
+        task.cancelled = True
         task.deferred.cancel()
         if task.persistent and self._writer is not None:
             # Evennia keeps a cancelled persistent task stored and runs it after a
@@ -627,10 +684,13 @@ class TaskHandler:
         """
         Forget tasks that no longer run (cancelled) once their due time plus the
         stale timeout has passed; returns how many went. ``handler.clean_stale_tasks()``
+
+        A paused task is not stale, however long past its due time: it still
+        runs when unpaused (Evennia drops it, and its stored row, unrun).
         """
         now = self.clock.seconds()
         stale = [task for task in self.tasks.values()
-                 if task.deferred.called and not task.running
+                 if task.cancelled and not task.running
                  and now > task.due + self.stale_timeout]
         for task in stale:
             self._remove(task)

@@ -326,6 +326,79 @@ class DelayBehaviour:
         self.clock.advance(0.2)
         self.assertEqual([c[0][0] for c in CALLS], [10, 20, 30, 100])
 
+    @inlineCallbacks
+    def test_paused_task_past_due_is_not_stale_and_runs_when_unpaused(self):
+        for persistent in BOTH:
+            CALLS.clear()
+            task = self.handler.add(5, record, "held", persistent=persistent)
+            task.pause()
+            self.clock.advance(5 + 60 + 10)
+            self.handler.add(5, record, "next").remove()     # add cleans stale tasks
+            self.assertEqual(self.handler.clean_stale_tasks(), 0)
+            self.assertTrue(task.exists(), "a paused task was dropped as stale")
+            if persistent:
+                self.assertIn(task.get_id(), (yield self.stored()))
+            task.unpause()
+            self.assertEqual(CALLS, [(("held",), {})])
+            self.assertFalse(task.exists())
+
+    @inlineCallbacks
+    def test_cancelled_paused_task_still_goes_stale(self):
+        task = self.handler.add(5, record, persistent=True)
+        task.pause()
+        self.assertTrue(task.cancel())
+        self.clock.advance(5 + 60 + 1)
+        self.assertEqual(self.handler.clean_stale_tasks(), 1)
+        self.assertFalse(task.exists())
+        task.unpause()
+        self.assertEqual(CALLS, [])
+        self.assertNotIn(task.get_id(), (yield self.stored()))
+
+    @inlineCallbacks
+    def test_start_twice_loads_stored_tasks_once(self):
+        self.handler.add(5, record, "once", persistent=True)
+        yield self.handler.stop()
+        handler = TaskHandler(clock=self.clock, storage=self.backend.database)
+        self.addCleanup(handler.stop)
+        yield defer.gatherResults([handler.start(), handler.start()])
+        yield handler.start()
+        self.assertEqual(len(handler.tasks), 1)
+        self.clock.advance(5)
+        self.assertEqual(CALLS, [(("once",), {})])
+
+    @inlineCallbacks
+    def test_start_after_stop_without_waiting_sees_every_write(self):
+        tasks_ = [self.handler.add(5, record, n, persistent=True) for n in range(50)]
+        self.handler.stop()                     # not waited for: its writes are in flight
+        yield self.handler.start()
+        self.assertEqual(sorted(self.handler.tasks), sorted(t.get_id() for t in tasks_))
+        self.clock.advance(5)
+        self.assertEqual(sorted(c[0][0] for c in CALLS), list(range(50)))
+
+    @inlineCallbacks
+    def test_start_stop_start_waiters_each_hear_their_own_load(self):
+        yield self.handler.stop()
+        first = self.handler.start()
+        self.handler.stop()
+        second = self.handler.start()
+        yield second
+        task = self.handler.add(5, record, persistent=True)   # loaded: no HandlerNotStarted
+        self.assertIn(task.get_id(), (yield self.stored()))
+        yield self.assertFailure(first, HandlerNotStarted)
+
+    def test_handles_list_known_tasks_with_their_details(self):
+        first = self.handler.add(5, record, "a", persistent=True, colour="red")
+        self.handler.add(7, explode, "b")
+        self.clock.advance(1)
+        listed = self.handler.handles(record)
+        self.assertEqual([t.get_id() for t in listed], [first.get_id()])
+        [mine] = listed
+        self.assertEqual((mine.callback, mine.args, mine.kwargs, mine.due, mine.persistent),
+                         (record, ("a",), {"colour": "red"}, 5.0, True))
+        self.assertEqual(len(self.handler.handles()), 2)
+        mine.cancel()
+        self.assertFalse(first.active())
+
     # -- refused input ----------------------------------------------------
 
     @inlineCallbacks

@@ -91,6 +91,35 @@ class SQLiteTroubleTests(TroubleMixin, TestCase):
         yield self.assert_add_works(handler, stored_ids)
 
 
+    @inlineCallbacks
+    def test_failed_delete_is_retried_on_the_handlers_clock(self):
+        handler = self.make_handler(SQLiteStorage(self.path, busy_timeout=0.2))
+        yield handler.start()
+        task = handler.add(5, record, "ran", persistent=True)
+        yield handler.flush()
+        locker = sqlite3.connect(self.path, isolation_level=None)
+        locker.execute("BEGIN EXCLUSIVE")
+        try:
+            handler.clock.advance(5)          # runs; its delete meets the lock
+            yield handler.flush()
+        finally:
+            locker.execute("ROLLBACK")
+            locker.close()
+        self.assertEqual(CALLS, [(("ran",), {})])
+        self.assertIn(task.get_id(), self.stored_ids())
+        self.flushLoggedErrors()
+        handler.clock.advance(2)              # the retry, with no other write to carry it
+        yield handler.flush()
+        self.assertNotIn(task.get_id(), self.stored_ids())
+
+    def stored_ids(self):
+        conn = sqlite3.connect(self.path)
+        try:
+            return {r[0] for r in conn.execute("SELECT id FROM procpool_tasks")}
+        finally:
+            conn.close()
+
+
 class PostgresTroubleTests(TroubleMixin, TestCase):
     def setUp(self):
         CALLS.clear()
