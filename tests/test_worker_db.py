@@ -117,6 +117,39 @@ class WorkerDatabaseSettingTests(TestCase):
         self.assertIn("postgresql://", message)
 
 
+def connect_error() -> str:
+    """Runs in a worker: the message and traceback of a failed connection."""
+    import traceback
+
+    from workers.db import connection
+    try:
+        connection()
+    except Exception as e:
+        return "".join(traceback.format_exception(e))
+    return "no error"
+
+
+class WorkerDatabasePasswordTests(TestCase):
+    timeout = 120
+
+    def setUp(self):
+        self.addCleanup(settings.reset)
+        self.addCleanup(tasks.set_handler, None)
+        procpool.configure(PROCPOOL_MIN_NPROC=1, PROCPOOL_MAX_NPROC=1)
+
+    @inlineCallbacks
+    def test_connection_error_never_shows_the_password(self):
+        procpool.configure(PROCPOOL_DATABASE="postgresql://gamer:sekrit%zz@127.0.0.1:1/game")
+        yield procpool.get_pool().start()
+        try:
+            shown = yield procpool.run_async(connect_error)
+        finally:
+            yield procpool.stop()
+        self.assertIn("OperationalError", shown)
+        self.assertIn("percent-encoded", shown)
+        self.assertNotIn("sekrit", shown)
+
+
 def support_sleep(seconds: float):
     from twisted.internet import reactor
     from twisted.internet.task import deferLater

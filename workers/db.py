@@ -43,8 +43,8 @@ def connection() -> Any:
 
     Raises :class:`procpool.settings.SettingError` when the setting is not a
     ``postgresql://`` DSN, and ``psycopg.OperationalError`` when the server
-    cannot be reached. A broken connection (the server restarted) is replaced
-    on the next call.
+    cannot be reached (its message never shows the password). A broken
+    connection (the server restarted) is replaced on the next call.
     """
     global _conn, _pid
     if _conn is not None and not _conn.closed and not _conn.broken and _pid == os.getpid():
@@ -55,9 +55,20 @@ def connection() -> Any:
             "PROCPOOL_DATABASE must be a postgresql:// DSN for workers.db.connection() "
             "(it names a SQLite file, which workers should not write concurrently)")
     import psycopg
+
+    from procpool.storage.postgres import describe_dsn, scrub
     if _conn is not None and _pid == os.getpid():
         close()
-    _conn = psycopg.connect(dsn, autocommit=True, application_name="procpool-worker")
+    error: psycopg.Error | None = None
+    try:
+        _conn = psycopg.connect(dsn, autocommit=True, application_name="procpool-worker")
+    except psycopg.Error as e:
+        error = e
+    if error is not None:
+        # Raised outside the except block, so psycopg's own message (libpq may
+        # quote part of a malformed DSN) is not chained to the host's log.
+        raise psycopg.OperationalError(
+            f"{describe_dsn(dsn)}: {scrub(str(error).strip(), dsn)}")
     _pid = os.getpid()
     return _conn
 

@@ -12,7 +12,10 @@ keeps several servers (or test runs) apart in one database.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import re
+from collections.abc import Callable, Sequence
+from typing import TypeVar
+from urllib.parse import unquote
 
 import psycopg
 from psycopg.conninfo import conninfo_to_dict
@@ -21,6 +24,11 @@ from procpool.storage.base import META, TABLE, Storage, StoredTask
 from procpool.storage.errors import StorageError, StorageUnavailable
 
 __all__ = ["PostgresStorage", "describe_dsn"]
+
+T = TypeVar("T")
+
+_URL_PASSWORD = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://[^:@/?#]*:([^@/?#]*)@")
+_KEYWORD_PASSWORD = re.compile(r"(?:^|\s)password\s*=\s*('(?:[^'\\]|\\.)*'|\S+)")
 
 
 def describe_dsn(dsn: str) -> str:
@@ -40,13 +48,28 @@ def describe_dsn(dsn: str) -> str:
     return f"PostgreSQL database {parts.get('dbname') or '(default)'!r} on {host}:{port} as {user}"
 
 
-def scrub(text: str, dsn: str) -> str:
-    """``text`` with the DSN's password, if any, blanked out."""
+def _passwords(dsn: str) -> set[str]:
+    """Every spelling of the DSN's password that a message could quote."""
+    found: set[str] = set()
     try:
         password = conninfo_to_dict(dsn).get("password")
     except psycopg.Error:
-        return text
-    return text.replace(str(password), "***") if password else text
+        password = None     # unparsable: libpq's message may quote the raw text
+    if password:
+        found.add(str(password))
+    for pattern in (_URL_PASSWORD, _KEYWORD_PASSWORD):
+        match = pattern.search(dsn)
+        if match and match.group(1):
+            raw = match.group(1).strip("'")
+            found.update({raw, unquote(raw)})
+    return {p for p in found if p}
+
+
+def scrub(text: str, dsn: str) -> str:
+    """``text`` with the DSN's password, if any, blanked out (even from an unparsable DSN)."""
+    for password in sorted(_passwords(dsn), key=len, reverse=True):
+        text = text.replace(password, "***")
+    return text
 
 
 class PostgresStorage(Storage):
@@ -61,11 +84,16 @@ class PostgresStorage(Storage):
     def _connection(self) -> psycopg.Connection:
         if self._conn is not None and not self._conn.closed:
             return self._conn
+        # Errors are raised outside the except blocks: psycopg's own exception,
+        # which may quote an unparsable DSN, must not ride along as __context__.
+        error: psycopg.Error | None = None
         try:
             conn = psycopg.connect(self.dsn, connect_timeout=self.connect_timeout,
                                    application_name="procpool-tasks")
         except psycopg.Error as e:
-            raise StorageUnavailable(self.name, scrub(str(e).strip(), self.dsn)) from e
+            error = e
+        if error is not None:
+            raise StorageUnavailable(self.name, scrub(str(error).strip(), self.dsn))
         try:
             with conn.transaction():
                 conn.execute(f"CREATE TABLE IF NOT EXISTS {TABLE} ("
@@ -74,8 +102,10 @@ class PostgresStorage(Storage):
                 conn.execute(f"CREATE TABLE IF NOT EXISTS {META} ("
                              "key TEXT PRIMARY KEY, value BIGINT NOT NULL)")
         except psycopg.Error as e:
+            error = e
+        if error is not None:
             conn.close()
-            raise StorageUnavailable(self.name, scrub(str(e).strip(), self.dsn)) from e
+            raise StorageUnavailable(self.name, scrub(str(error).strip(), self.dsn))
         self._conn = conn
         return conn
 
@@ -86,25 +116,47 @@ class PostgresStorage(Storage):
             return StorageUnavailable(self.name, reason)
         return StorageError(f"{self.name}: {reason}")
 
+    def _run(self, work: Callable[[psycopg.Connection], T]) -> T:
+        """
+        ``work(connection)`` in one transaction. A connection that went stale
+        while idle (the server restarted, an idle timeout) is replaced and the
+        work tried once more: it is idempotent, and the failed try rolled back.
+        """
+        reused = self._conn is not None and not self._conn.closed
+        conn = self._connection()
+        error: psycopg.Error | None = None
+        try:
+            return work(conn)
+        except psycopg.Error as e:
+            error = e
+            reused = reused and isinstance(e, psycopg.OperationalError)
+        self.close()
+        if reused:
+            conn = self._connection()
+            try:
+                return work(conn)
+            except psycopg.Error as e:
+                error = e
+        raise self._fail(error)
+
     def open(self) -> None:
         self._connection()
 
     def load(self) -> tuple[list[StoredTask], int]:
-        conn = self._connection()
-        try:
+        def work(conn: psycopg.Connection) -> tuple[list, object]:
             with conn.transaction():
                 rows = conn.execute(f"SELECT id, due, payload FROM {TABLE} "
                                     "ORDER BY due, id").fetchall()
                 mark = conn.execute(f"SELECT value FROM {META} "
                                     "WHERE key = 'next_id'").fetchone()
-        except psycopg.Error as e:
-            raise self._fail(e) from e
+            return rows, mark
+
+        rows, mark = self._run(work)
         tasks = [StoredTask(int(i), float(d), bytes(p)) for i, d, p in rows]
         return tasks, max([mark[0] if mark else 1] + [t.task_id + 1 for t in tasks])
 
     def apply(self, puts: Sequence[StoredTask], deletes: Sequence[int], next_id: int) -> None:
-        conn = self._connection()
-        try:
+        def work(conn: psycopg.Connection) -> None:
             with conn.transaction(), conn.cursor() as cur:
                 if puts:
                     cur.executemany(
@@ -117,8 +169,8 @@ class PostgresStorage(Storage):
                 cur.execute(f"INSERT INTO {META} (key, value) VALUES ('next_id', %s) "
                             "ON CONFLICT (key) DO UPDATE "
                             f"SET value = GREATEST({META}.value, excluded.value)", (next_id,))
-        except psycopg.Error as e:
-            raise self._fail(e) from e
+
+        self._run(work)
 
     def close(self) -> None:
         conn, self._conn = self._conn, None
