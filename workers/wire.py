@@ -97,7 +97,7 @@ def encode_run(ask: bytes, kind: bytes, payload: bytes) -> bytes | list[bytes | 
     return [head, *_pairs(b"p", payload), b"\x00\x00"]
 
 
-def join_value(box: dict[bytes, bytes], key: bytes) -> bytes:
+def join_value(box: dict[bytes, bytes | memoryview], key: bytes) -> bytes | memoryview:
     """The whole value of ``key``, joining the pieces ``key.1``, ``key.2``, ... if any."""
     first = box.get(key, b"")
     name = key + b".1"
@@ -112,52 +112,80 @@ def join_value(box: dict[bytes, bytes], key: bytes) -> bytes:
     return b"".join(parts)
 
 
+_SMALL = 2048
+
+
+def _pair_size(head: bytes) -> int | None:
+    """Bytes in the key/value pair that ``head`` starts, or None if its lengths are not all in."""
+    if len(head) < 2:
+        return None
+    klen = (head[0] << 8) | head[1]
+    if len(head) < 4 + klen:
+        return None
+    return 4 + klen + ((head[2 + klen] << 8) | head[3 + klen])
+
+
 class BoxParser:
     """
-    Turns a stream of bytes into AMP boxes, keeping only the unparsed tail.
+    Turns a stream of bytes into AMP boxes.
+
+    Values over 2 KiB come back as memoryviews into the bytes that were read
+    (no copy); a value cut by a read boundary is joined once. Only the tail
+    of an unfinished pair is kept between calls.
 
     >>> p = BoxParser()
-    >>> [dict(b) for b in p.feed(b"\\x00\\x01a\\x00\\x01b\\x00\\x00")]
+    >>> [dict(b) for b in p.feed(b"\x00\x01a\x00\x01b\x00\x00")]
     [{b'a': b'b'}]
     """
 
-    __slots__ = ("_buf", "_box")
+    __slots__ = ("_left", "_box")
 
     def __init__(self) -> None:
-        self._buf = bytearray()
-        self._box: dict[bytes, bytes] = {}
+        self._left = b""
+        self._box: dict[bytes, bytes | memoryview] = {}
 
-    def feed(self, data: bytes) -> Iterator[dict[bytes, bytes]]:
+    def feed(self, data: bytes) -> Iterator[dict[bytes, bytes | memoryview]]:
         """Add ``data``; yield every box it completes."""
-        buf = self._buf
-        buf += data
-        end = len(buf)
+        left = self._left
+        if left:
+            need = _pair_size(left)
+            if need is None:
+                data = left + data
+            else:
+                missing = need - len(left)
+                if len(data) < missing:
+                    self._left = left + data
+                    return
+                pair = left + data[:missing]
+                klen = (pair[0] << 8) | pair[1]
+                self._box[pair[2:2 + klen]] = pair[4 + klen:]
+                data = memoryview(data)[missing:] if missing else data
+            self._left = b""
+        view = memoryview(data)
+        end = len(view)
         pos = 0
         box = self._box
-        try:
-            while end - pos >= 2:
-                klen = (buf[pos] << 8) | buf[pos + 1]
-                if klen == 0:
-                    pos += 2
-                    self._box = {}
-                    yield box
-                    box = self._box
-                    continue
-                vstart = pos + 2 + klen
-                if vstart + 2 > end:
-                    break
-                vlen = (buf[vstart] << 8) | buf[vstart + 1]
-                vend = vstart + 2 + vlen
-                if vend > end:
-                    break
-                view = memoryview(buf)
-                box[bytes(view[pos + 2:vstart])] = bytes(view[vstart + 2:vend])
-                view.release()
-                pos = vend
-        finally:
-            if pos:
-                del buf[:pos]
+        while end - pos >= 2:
+            klen = (view[pos] << 8) | view[pos + 1]
+            if klen == 0:
+                pos += 2
+                self._box = {}
+                yield box
+                box = self._box
+                continue
+            vstart = pos + 2 + klen
+            if vstart + 2 > end:
+                break
+            vlen = (view[vstart] << 8) | view[vstart + 1]
+            vend = vstart + 2 + vlen
+            if vend > end:
+                break
+            value = view[vstart + 2:vend]
+            box[bytes(view[pos + 2:vstart])] = bytes(value) if vlen <= _SMALL else value
+            pos = vend
+        if pos < end:
+            self._left = bytes(view[pos:])
 
     def pending(self) -> int:
         """Bytes received but not yet part of a whole box."""
-        return len(self._buf) + sum(len(v) for v in self._box.values())
+        return len(self._left) + sum(len(v) for v in self._box.values())
