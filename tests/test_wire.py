@@ -26,7 +26,8 @@ def test_boxes_survive_any_cutting_of_the_stream(seed):
     while pos < len(stream):
         step = rng.choice([1, 2, 3, 7, 4096, 8192, 65539, 262144, 1 << 20])
         for box in parser.feed(stream[pos:pos + step]):
-            got.append({b"_answer": bytes(box[b"_answer"]), b"p": bytes(wire.join_value(box, b"p"))})
+            got.append({b"_answer": bytes(box[b"_answer"]),
+                        b"p": bytes(wire.join_value(box, b"p"))})
         pos += step
     assert got == boxes
     assert parser.pending() == 0
