@@ -43,8 +43,10 @@ with the line as a string, instead of treating that line as a command. It
 may instead call ``callback(exception)`` (an exception instance or a
 ``twisted.python.failure.Failure``), which is raised inside the dialogue at
 the ``yield``: the demo server does that with ``ConnectionDone`` when the
-player disconnects. ``callback`` may be called from inside ``get_input``
-(for answers that are already waiting). Calls after the first are ignored.
+player disconnects. A server should do so (or cancel the dialogue's Deferred):
+a question that is never answered keeps its generator waiting forever.
+``callback`` may be called from inside ``get_input`` (for answers that are
+already waiting). Calls after the first are ignored.
 
 ``caller`` is the argument named ``caller``, given positionally or by
 keyword (or through ``**kwargs``). Asking a question without one is a

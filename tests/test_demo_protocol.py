@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from twisted.internet.error import ConnectionDone
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.trial import unittest
 
+from procpool import tasks
 from procpool.demo import callbacks
 from procpool.demo.server import PlayerConnection, TelnetLineProtocol
 from procpool.demo.world import Character, World, set_current
@@ -67,12 +69,35 @@ class TelnetLineTests(unittest.TestCase):
         self.assertIn(b"line too long", transport.value())
         self.assertEqual(proto.lines[-1], "look")
 
+    def test_overlong_line_is_dropped_whole_never_run_as_its_tail(self) -> None:
+        proto, transport = connected(Lines())
+        proto.dataReceived(b"x" * 10_000 + b"quit\r\n")
+        proto.dataReceived(b"y" * 9_000)
+        proto.dataReceived(b"y" * 9_000 + b"\r\nlook\r\n")
+        self.assertEqual(proto.lines, ["look"])
+        self.assertEqual(transport.value().count(b"line too long"), 2)
+
+    def test_many_short_lines_in_one_packet_all_arrive(self) -> None:
+        proto, transport = connected(Lines())
+        lines = [f"say line {n:04d} " + "." * 30 for n in range(400)]   # 18 KB in one read
+        proto.dataReceived("".join(f"{line}\r\n" for line in lines).encode())
+        self.assertEqual(proto.lines, lines)
+        self.assertNotIn(b"too long", transport.value())
+
+    def test_control_characters_never_reach_a_line(self) -> None:
+        proto, _ = connected(Lines())
+        proto.dataReceived(b"say \x1b[2J\x1b]0;pwned\x07hi\tthere\x7f\xc2\x9b1m\r\n")
+        self.assertEqual(proto.lines, ["say [2J]0;pwnedhi there1m"])
+
 
 class CharacterTests(unittest.TestCase):
     def setUp(self) -> None:
         self.world = World()
         set_current(self.world)
         self.addCleanup(set_current, None)
+        self.clock = Clock()
+        tasks.set_handler(tasks.TaskHandler(clock=self.clock))
+        self.addCleanup(tasks.set_handler, None)
 
     def login(self, name: str) -> tuple[PlayerConnection, StringTransport]:
         conn, transport = connected(PlayerConnection(self.world))
@@ -151,3 +176,70 @@ class CharacterTests(unittest.TestCase):
         character.msg([8, 13])
         character.msg("two\nlines")
         self.assertEqual(transport.value(), b"[8, 13]\r\ntwo\r\nlines\r\n")
+
+    def test_leaving_answers_a_pending_question_with_connection_done(self) -> None:
+        conn, _ = self.login("Ada")
+        seen: list[str] = []
+
+        @interactive(clock=self.clock)
+        def ask(caller):
+            try:
+                yield "Still there?"
+            except ConnectionDone:
+                seen.append("gone")
+                raise
+
+        d = ask(conn.character)          # not followed: nothing would cancel it
+        conn.connectionLost(None)
+        self.failureResultOf(d, ConnectionDone)
+        self.assertEqual(seen, ["gone"])
+        self.flushLoggedErrors(ConnectionDone)
+
+    def test_quiz_cannot_start_twice_during_its_pauses(self) -> None:
+        conn, transport = self.login("Ada")
+        conn.dataReceived(b"quiz\r\n")
+        transport.clear()
+        conn.dataReceived(b"quiz\r\n")       # during the first quiz's opening pause
+        self.assertEqual(transport.value(), b"Finish what you are answering first.\r\n")
+        self.clock.advance(1)
+        conn.dataReceived(b"42\r\n")
+        self.assertIn(b"Right!", transport.value())
+        self.assertEqual(len(conn.character.dialogues), 1)
+
+    def test_py_raising_system_exit_is_an_error_line_not_a_dropped_connection(self) -> None:
+        ada, transport = self.login("Ada")
+        for code in (b"raise SystemExit(3)", b"exit()", b"raise KeyboardInterrupt"):
+            transport.clear()
+            ada.dataReceived(b"py " + code + b"\r\n")
+            self.assertIn(b"Error: ", transport.value())
+        self.assertIn(b"Error: KeyboardInterrupt", transport.value())
+        self.assertFalse(transport.disconnecting)
+        ada.dataReceived(b"py 1+1\r\n")
+        self.assertIn(b"2\r\n", transport.value())
+
+    def test_builder_password_checks(self) -> None:
+        self.world.builder_password = "pässwörd"
+        bob, transport = self.login("Bob")
+        bob.dataReceived(b"builder password\r\n")
+        self.assertIn(b"Wrong password.", transport.value())
+        self.assertFalse(bob.character.is_builder)
+        bob.dataReceived(b"py 1\r\n")
+        self.assertIn(b"Only builders may use 'py'.", transport.value())
+        bob.dataReceived("builder pässwörd\r\n".encode())
+        self.assertTrue(bob.character.is_builder)
+
+    def test_tasks_shows_and_cancels_only_your_own(self) -> None:
+        self.world.builder_password = "pw"
+        bob, tb = self.login("Bob")
+        cat, tc = self.login("Cat")
+        bob.dataReceived(b"delay 30 bobs tea\r\n")
+        bob_task = int(tb.value().split(b"Task ")[1].split(b":")[0])
+        cat.dataReceived(b"delay 40 cats tea\r\n")
+        tc.clear()
+        cat.dataReceived(b"tasks\r\n")
+        self.assertIn(b"cats tea", tc.value())
+        self.assertNotIn(b"bobs tea", tc.value())
+        cat.dataReceived(f"tasks cancel {bob_task}\r\n".encode())
+        self.assertIn(f"You have no task {bob_task}.".encode(), tc.value())
+        self.clock.advance(30)
+        self.assertIn(b"[delay] bobs tea", tb.value())

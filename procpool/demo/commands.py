@@ -14,6 +14,7 @@ Where each command's work happens:
 
 from __future__ import annotations
 
+import hmac
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -147,7 +148,7 @@ def cmd_builder(character: Character, args: str) -> None:
     if world.builder_password is None:
         raise CommandError("This server has no builder password: its first player is "
                            "the builder.")
-    if args != world.builder_password:
+    if not hmac.compare_digest(args.encode(), world.builder_password.encode()):
         raise CommandError("Wrong password.")
     character.is_builder = True
     character.msg("You are now a builder: 'py' is yours.")
@@ -197,7 +198,9 @@ def cmd_py(character: Character, args: str) -> None:
                 character.msg(repr(result))
         else:
             exec(compile(args, "<py>", "exec"), namespace)  # noqa: S102 - builders only
-    except Exception as exc:
+    except BaseException as exc:  # noqa: BLE001 - SystemExit, KeyboardInterrupt: still an error
+        # Anything escaping here would reach Twisted's transport and drop the
+        # builder's connection (and exit() would try to leave the server).
         log.info("py from {name} raised {error}", name=character.name, error=one_line(exc))
         character.msg(f"Error: {one_line(exc)}")
 
@@ -235,15 +238,13 @@ def _demo_tasks(character: Character) -> dict[int, tuple[Any, str, str, float, b
     handler = get_handler()
     now = handler.clock.seconds()
     found = {}
-    for task_id, task in list(handler.tasks.items()):
-        if task.callback is not callbacks.tell or len(task.args) != 2:
+    for handle in handler.handles(callbacks.tell):
+        if len(handle.args) != 2 or not handle.active():
             continue
-        owner, text = task.args
+        owner, text = handle.args
         if character.is_builder or owner.lower() == (character.name or "").lower():
-            handle = handler.get(task_id)
-            if handle is not None and handle.active():
-                found[task_id] = (handle, owner, text, max(0.0, task.due - now),
-                                 task.persistent)
+            found[handle.get_id()] = (handle, owner, text, max(0.0, handle.due - now),
+                                      handle.persistent)
     return found
 
 
@@ -331,7 +332,9 @@ def quiz(caller: Character) -> Any:
 
 @command("quiz", "quiz", "Answer three questions (an @interactive dialogue).")
 def cmd_quiz(character: Character, args: str) -> None:
-    if character.waiting_for_input:
+    if character.waiting_for_input or character.dialogues:
+        # A second dialogue's question would take the first one's input: it
+        # would wait forever.
         raise CommandError("Finish what you are answering first.")
 
     def scored(score: int) -> None:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import os
 import re
 import sys
+import unicodedata
 from typing import Any
 
 from twisted.internet.defer import Deferred, inlineCallbacks
@@ -50,25 +51,34 @@ class TelnetLineProtocol(Protocol):
     Lines in, lines out, for telnet clients and plain sockets alike.
 
     Telnet negotiation is read and politely refused (WONT/DONT), never shown
-    as text; lines may end in CRLF, LF or CR NUL.
+    as text; lines may end in CRLF, LF or CR NUL. Control characters (escape
+    sequences that would repaint other players' terminals) are dropped. A line
+    longer than MAX_LINE bytes is dropped whole, up to its end, with one error.
     """
 
     def __init__(self) -> None:
         self._buffer = bytearray()
         self._state = "data"  # data, iac, option, sb, sb_iac
         self._verb = 0
+        self._overlong = False  # dropping the rest of a line that was too long
 
     def dataReceived(self, data: bytes) -> None:  # noqa: N802 - Twisted's name
         for byte in data:
             self._feed(byte)
+
+    def _data_byte(self, byte: int) -> None:
+        if byte == 0x0A:
+            raw, self._buffer = bytes(self._buffer), bytearray()
+            if self._overlong:
+                self._overlong = False
+            elif self.transport is not None:
+                self.line_received(_clean(raw))
+        elif not self._overlong:
+            self._buffer.append(byte)
             if len(self._buffer) > MAX_LINE:
                 self._buffer.clear()
-                self.send_line("Error: line too long (most is 8192 bytes); dropped.")
-        while self.transport is not None and b"\n" in self._buffer:
-            raw, _, rest = bytes(self._buffer).partition(b"\n")
-            self._buffer = bytearray(rest)
-            text = raw.replace(b"\r", b"").replace(b"\x00", b"").decode("utf-8", "replace")
-            self.line_received(text)
+                self._overlong = True
+                self.send_line(f"Error: line too long (most is {MAX_LINE} bytes); dropped.")
 
     def _feed(self, byte: int) -> None:
         state = self._state
@@ -76,10 +86,10 @@ class TelnetLineProtocol(Protocol):
             if byte == IAC:
                 self._state = "iac"
             else:
-                self._buffer.append(byte)
+                self._data_byte(byte)
         elif state == "iac":
             if byte == IAC:  # an escaped 255 data byte
-                self._buffer.append(byte)
+                self._data_byte(byte)
                 self._state = "data"
             elif byte in (WILL, WONT, DO, DONT):
                 self._verb = byte
@@ -118,6 +128,12 @@ class TelnetLineProtocol(Protocol):
 
     def line_received(self, line: str) -> None:
         raise NotImplementedError
+
+
+def _clean(raw: bytes) -> str:
+    """One received line as text: decoded, tabs as spaces, control characters gone."""
+    text = raw.decode("utf-8", "replace").replace("\t", " ")
+    return "".join(ch for ch in text if unicodedata.category(ch) != "Cc")
 
 
 @interactive

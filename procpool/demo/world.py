@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterator
 from typing import Any, Protocol
 
 from twisted.internet.defer import Deferred
+from twisted.internet.error import ConnectionDone
 from twisted.logger import Logger
 
 log = Logger()
@@ -99,10 +100,16 @@ class Character:
         return dialogue.addBoth(done)
 
     def left(self) -> None:
-        """The connection closed: stop dialogues and forget pending input."""
-        self._input = None
+        """
+        The connection closed: cancel the dialogues this character follows, and
+        answer a question still waiting for input with ``ConnectionDone`` (raised
+        at the dialogue's ``yield``), so that no dialogue waits forever.
+        """
         for dialogue in list(self.dialogues):
             dialogue.cancel()
+        pending, self._input = self._input, None
+        if pending is not None:
+            pending[1](ConnectionDone("the player disconnected"))
 
     def __repr__(self) -> str:
         return f"<Character {self.name or '(logging in)'}>"
