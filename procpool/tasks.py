@@ -65,7 +65,7 @@ class _Task:
     """One scheduled call, as the handler keeps it."""
 
     __slots__ = ("task_id", "due", "callback", "args", "kwargs", "payload", "deferred",
-                 "timer", "running", "cancelled")
+                 "timer", "running", "cancelled", "watched")
 
     def __init__(self, task_id: int, due: float, callback: Callable[..., Any],
                  args: tuple[Any, ...], kwargs: dict[str, Any], payload: bytes | None) -> None:
@@ -79,6 +79,7 @@ class _Task:
         self.timer: Any = None
         self.running = False
         self.cancelled = False
+        self.watched = False     # someone asked for the Deferred: failures are theirs
 
     @property
     def persistent(self) -> bool:
@@ -189,9 +190,13 @@ class TaskHandle:
         The Deferred that fires with the callback's value, while the task exists.
 
         ``task.get_deferred().addCallback(print)``. For a persistent task whose
-        row could not be written it fails with :class:`TaskNotStored`.
+        row could not be written it fails with :class:`TaskNotStored` (which is
+        also logged; without a ``get_deferred()`` it is logged only, once).
         """
-        return self._task.deferred if self.exists() else None
+        if not self.exists():
+            return None
+        self._task.watched = True
+        return self._task.deferred
 
 
 class _Writer:
@@ -622,7 +627,10 @@ class TaskHandler:
     def _ended_badly(failure: Failure, task: _Task) -> Failure | None:
         if failure.check(CancelledError):
             return None
-        return failure          # TaskNotStored: the caller's errbacks should see it
+        # TaskNotStored, already logged: the errbacks of whoever asked for the
+        # Deferred should see it; if nobody did, passing it on would only log it
+        # a second time as "Unhandled error in Deferred".
+        return failure if task.watched else None
 
     def _finish(self, task: _Task) -> None:
         """Forget a task that ran; delete its row only now that the callback returned."""

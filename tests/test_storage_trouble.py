@@ -112,6 +112,33 @@ class SQLiteTroubleTests(TroubleMixin, TestCase):
         yield handler.flush()
         self.assertNotIn(task.get_id(), self.stored_ids())
 
+    @inlineCallbacks
+    def test_unstored_task_nobody_watches_is_logged_exactly_once(self):
+        import gc
+
+        from twisted.logger import globalLogPublisher
+        events = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        handler = self.make_handler(SQLiteStorage(self.path, busy_timeout=0.2))
+        yield handler.start()
+        locker = sqlite3.connect(self.path, isolation_level=None)
+        locker.execute("BEGIN EXCLUSIVE")
+        try:
+            task = handler.add(5, record, "unwatched", persistent=True)
+            yield handler.flush()
+        finally:
+            locker.execute("ROLLBACK")
+            locker.close()
+        self.assertFalse(task.exists())
+        del task
+        gc.collect()       # an "Unhandled error in Deferred" would be logged here
+        loud = [e for e in events if e.get("log_level") is not None
+                and e["log_level"].name in ("error", "critical")]
+        self.assertEqual(len(loud), 1, loud)
+        self.assertIsInstance(loud[0]["error"], TaskNotStored)
+        self.assertEqual(self.flushLoggedErrors(), [])
+
     def stored_ids(self):
         conn = sqlite3.connect(self.path)
         try:
