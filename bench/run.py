@@ -8,6 +8,10 @@ Each system runs in a fresh interpreter, with 2 workers, warm:
 - throughput: 20,000 no-op tasks submitted at once, tasks per second;
 - echo: a 1 MiB bytes object there and back, MiB per second.
 
+Then procpool's own goals: how late a 1 s ``proc_timeout`` fires, the
+reactor's lag while every worker burns CPU, and what recycling every 500
+tasks costs in throughput.
+
 Peers: plain ampoule (24.10, recycling off; its values are capped at 64 KiB,
 so its echo sends 1 MiB as 16 calls), ``concurrent.futures.ProcessPoolExecutor``
 and pebble. The table gives each figure and its ratio to procpool's.
@@ -166,6 +170,63 @@ def bench_pebble() -> dict:
                           lambda pool, fn, arg: pool.schedule(fn, args=(arg,)))
 
 
+def bench_procpool_extras() -> dict:
+    """procpool's own goals: timeout precision, recycling cost, reactor lag under CPU load."""
+    from tasks import burn, noop, sleep
+    from twisted.internet import defer, reactor, task
+
+    import procpool
+    from procpool.pool import ProcessPool
+
+    out: dict = {}
+
+    @defer.inlineCallbacks
+    def run():
+        procpool.configure(PROCPOOL_MIN_NPROC=2, PROCPOOL_MAX_NPROC=2)
+        yield procpool.start()
+        kills = []
+        for _ in range(5):
+            t = time.perf_counter()
+            try:
+                yield procpool.run_async(sleep, 10, proc_timeout=1)
+            except procpool.ProcPoolTimeout:
+                kills.append(time.perf_counter() - t)
+            yield task.deferLater(reactor, 0.3, lambda: None)
+        out["timeout_1s_fired_at_s"] = max(kills)
+        lags, last = [], [time.perf_counter()]
+
+        def tick():
+            now = time.perf_counter()
+            lags.append(now - last[0] - 0.005)
+            last[0] = now
+
+        ticker = task.LoopingCall(tick)
+        ticker.start(0.005, now=False)
+        yield defer.gatherResults([procpool.run_async(burn, 2.0) for _ in range(2)])
+        ticker.stop()
+        lags.sort()
+        out["lag_p99_ms_while_burning"] = lags[int(len(lags) * 0.99)] * 1000
+        yield procpool.stop()
+        for recycle in (0, 500):
+            pool = ProcessPool(min_workers=2, max_workers=2, recycle=recycle)
+            yield pool.start()
+            yield defer.gatherResults([pool.submit_call(noop, i) for i in range(2000)])
+            t = time.perf_counter()
+            yield defer.gatherResults([pool.submit_call(noop, i) for i in range(BURST)])
+            out[f"burst_recycle_{recycle}"] = BURST / (time.perf_counter() - t)
+            yield pool.stop()
+        out["recycling_cost_pct"] = 100 * (1 - out["burst_recycle_500"] / out["burst_recycle_0"])
+
+    def go():
+        d = run()
+        d.addErrback(lambda f: out.setdefault("error", f.getTraceback()))
+        d.addBoth(lambda _: reactor.stop())
+
+    reactor.callWhenRunning(go)
+    reactor.run()
+    return out
+
+
 SYSTEMS = {"procpool": bench_procpool, "ampoule": bench_ampoule,
            "futures": bench_futures, "pebble": bench_pebble}
 COLUMNS = [("start_ms", "start ms", False), ("rt_p50_us", "rt p50 us", False),
@@ -188,9 +249,12 @@ def main() -> None:
     parser.add_argument("--one", help=argparse.SUPPRESS)
     parser.add_argument("--systems", default=",".join(SYSTEMS))
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--no-extras", action="store_true",
+                        help="skip procpool's timeout, recycling and reactor-lag figures")
     args = parser.parse_args()
     if args.one:
-        print(json.dumps(SYSTEMS[args.one]()))
+        runner = bench_procpool_extras if args.one == "extras" else SYSTEMS[args.one]
+        print(json.dumps(runner()))
         return
     names = [n for n in args.systems.split(",") if n]
     results: dict[str, dict] = {}
@@ -214,6 +278,18 @@ def main() -> None:
             ratio = f" ({value / base[key]:.2f}x)" if base and base[key] else ""
             cells.append(f"{value:>13,.0f}{ratio:>9}")
         print(f"{name:<10}" + "".join(cells))
+    if not args.no_extras:
+        print("bench: procpool extras ...", file=sys.stderr, flush=True)
+        extras = _one("extras")
+        if "error" in extras:
+            print(f"extras failed:\n{extras['error']}", file=sys.stderr)
+            return
+        print(f"\nprocpool alone: a 1 s proc_timeout fired after "
+              f"{extras['timeout_1s_fired_at_s']:.3f} s (worst of 5); reactor lag p99 "
+              f"{extras['lag_p99_ms_while_burning']:.1f} ms while both workers burn CPU; "
+              f"20k no-ops {extras['burst_recycle_0']:,.0f}/s without recycling, "
+              f"{extras['burst_recycle_500']:,.0f}/s recycling every 500 tasks "
+              f"(cost {extras['recycling_cost_pct']:.0f}%)")
 
 
 if __name__ == "__main__":

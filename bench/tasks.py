@@ -9,3 +9,18 @@ def noop(x=None):
 def echo(data):
     """Return the payload, so it crosses both ways."""
     return data
+
+
+def burn(seconds):
+    """Keep a CPU busy for ``seconds``."""
+    import time
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        pass
+    return seconds
+
+
+def sleep(seconds):
+    """Sleep for ``seconds``."""
+    import time
+    time.sleep(seconds)

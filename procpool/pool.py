@@ -117,6 +117,8 @@ class _Worker(protocol.ProcessProtocol):
         self.killed = False
         self.dead = False
         self.closing = False
+        self.successor: _Worker | None = None
+        self.replaces: _Worker | None = None
         self.asks = 0
         self.dispatched = 0
         self.ewma: float | None = None
@@ -502,9 +504,23 @@ class ProcessPool:
             worker.exclusive = True
             task.timer = self.clock.callLater(task.timeout, self._expire, worker, task)
         worker.dispatched += 1
-        if self.recycle and worker.dispatched >= self.recycle and not worker.retiring:
-            self._retire(worker, recycled=True)
+        if (self.recycle and worker.dispatched >= self.recycle and not worker.retiring
+                and worker.successor is None):
+            self._recycle(worker)
         return True
+
+    def _recycle(self, worker: _Worker) -> None:
+        """Start a successor; the old worker keeps working until it answers (hides the start)."""
+        if self.state != "running":
+            return
+        successor = self._spawn()
+        worker.successor = successor
+        successor.replaces = worker
+
+        def failed(_: Failure) -> None:
+            worker.successor = None  # try again after the next task
+
+        successor.started.addErrback(failed)
 
     def _worker_closing(self, worker: _Worker) -> None:
         """A worker's pipe closed: dispatch nothing more to it."""
@@ -617,6 +633,10 @@ class ProcessPool:
         log.debug("worker {pid} ready", pid=worker.pid)
         if self.state == "running" and not worker.retiring:
             self._ready.append(worker)
+            old = worker.replaces
+            worker.replaces = None
+            if old is not None and not old.dead and not old.retiring:
+                self._retire(old, recycled=True)
             worker.started.callback(None)
             self._pump()
         else:
