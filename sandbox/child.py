@@ -23,9 +23,16 @@ from __future__ import annotations
 import json
 import os
 import sys
-from typing import Any
+from typing import TYPE_CHECKING
 
-__all__ = ["main", "BOOTSTRAP"]
+if TYPE_CHECKING:  # typing costs milliseconds of start-up in every child
+    from typing import Any
+
+__all__ = ["main", "BOOTSTRAP", "REPLY_FD"]
+
+# The reply goes out on stdout; the child closes it as soon as the reply is
+# written, so the host sees the end of the reply before the process is torn down.
+REPLY_FD = 1
 
 # What the host passes to `python -c`; argv[1] is the configuration.
 BOOTSTRAP = ("import os,sys,json;os.chdir('/');c=json.loads(sys.argv[1]);"
@@ -86,21 +93,43 @@ def _read_request(cap: int) -> bytes:
         chunks.append(chunk)
 
 
-def _error_reply(exc: BaseException, type_name: str | None = None) -> dict[str, Any]:
-    import traceback
+def _text(value: str) -> str:
+    """``value`` as text the host can always encode: unpaired surrogates are replaced."""
+    return value.encode("utf-8", "replace").decode("utf-8")
 
+
+def _player_frames(exc: BaseException) -> str:
+    """The player's own frames of ``exc``'s traceback, formatted like ``traceback`` does."""
+    lines = []
+    tb = exc.__traceback__
+    while tb is not None:
+        code = tb.tb_frame.f_code
+        if code.co_filename == "<player>":  # the sandbox's paths are none of its business
+            lines.append(f'  File "<player>", line {tb.tb_lineno}, in {code.co_name}\n')
+        tb = tb.tb_next
+    return "".join(lines[-8:])[-8192:]
+
+
+def _error_reply(exc: BaseException, type_name: str | None = None) -> dict[str, Any]:
     try:
-        message = str(exc)[:4096]
+        message = _text(str(exc)[:4096])
     except BaseException:
         message = "<unprintable error>"
     try:
-        # Only the player's own frames: the sandbox's paths are none of its business.
-        frames = [f for f in traceback.extract_tb(exc.__traceback__) if f.filename == "<player>"]
-        text = "".join(traceback.format_list(frames[-8:]))[-8192:]
+        text = _player_frames(exc)
     except BaseException:
         text = ""
     return {"ok": False, "type": type_name or type(exc).__name__, "message": message,
             "traceback": text}
+
+
+def _encode(reply: dict[str, Any]) -> bytes:
+    """
+    One reply as strict JSON in UTF-8: no NaN or infinities, no unpaired surrogates.
+
+    Raises ValueError (or TypeError) for a result that cannot be sent like that.
+    """
+    return json.dumps(reply, ensure_ascii=False, allow_nan=False).encode("utf-8")
 
 
 def _run(data: bytes, config: dict[str, Any]) -> bytes:
@@ -112,20 +141,28 @@ def _run(data: bytes, config: dict[str, Any]) -> bytes:
                             restricted=config["restricted"])
         reply = {"ok": True, "result": result}
         try:
-            line = json.dumps(reply).encode("ascii")
-        except (TypeError, ValueError) as e:
+            line = _encode(reply)
+        except (TypeError, ValueError) as e:  # UnicodeEncodeError is a ValueError
             reply = {"ok": False, "type": "TypeError",
-                     "message": f"result is not JSON-able: {e}"}
-            line = json.dumps(reply).encode("ascii")
+                     "message": _text(f"result is not JSON-able: {e}"[:4096])}
+            line = _encode(reply)
     except PlayerSyntaxError as e:
-        line = json.dumps(_error_reply(e, "SyntaxError")).encode("ascii")
+        line = _encode(_error_reply(e, "SyntaxError"))
     except BaseException as e:  # player code may raise anything, SystemExit included
-        line = json.dumps(_error_reply(e)).encode("ascii")
+        line = _encode(_error_reply(e))
     if len(line) > config["max_output"]:
-        line = json.dumps({"ok": False, "type": "OutputTooLarge",
-                           "message": f"reply of {len(line)} bytes is over the limit of "
-                                      f"{config['max_output']} bytes"}).encode("ascii")
+        line = _encode({"ok": False, "type": "OutputTooLarge",
+                        "message": f"reply of {len(line)} bytes is over the limit of "
+                                   f"{config['max_output']} bytes"})
     return line + b"\n"
+
+
+def _ignore_unraisable(unraisable: Any) -> None:
+    """
+    Errors nobody can catch (a generator's ``finally`` failing when it is
+    collected) would each print a traceback on stderr: player code could
+    flood the host with them. They are dropped.
+    """
 
 
 def main(config: dict[str, Any] | None = None) -> None:
@@ -141,7 +178,6 @@ def main(config: dict[str, Any] | None = None) -> None:
     # may have added LC_CTYPE. Player code sees none.
     os.environ.clear()
     _fast_find_library()
-    import traceback  # noqa: F401  (used after confinement, when no import can open a file)
 
     from sandbox import confine as confinement
     from sandbox import policy  # noqa: F401
@@ -160,11 +196,17 @@ def main(config: dict[str, Any] | None = None) -> None:
         layers = {"degraded": str(e)}
         sys.setrecursionlimit(limits.recursion)
     _write_line({"ready": True, "pid": pid, "layers": layers})
+    # Nothing legitimate writes to stderr from here on.
+    sys.unraisablehook = _ignore_unraisable
+    sys.stderr = None  # type: ignore[assignment]
     try:
         data = _read_request(config["max_request"])
         line = _run(data, config)
     except BaseException as e:
-        line = json.dumps(_error_reply(e)).encode("ascii") + b"\n"
-    while line:
-        line = line[os.write(1, line):]
-    os._exit(0)
+        line = _encode(_error_reply(e)) + b"\n"
+    try:
+        while line:
+            line = line[os.write(REPLY_FD, line):]
+        os.close(REPLY_FD)  # the host may take the reply now; exiting takes longer
+    finally:
+        os._exit(0)

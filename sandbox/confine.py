@@ -3,7 +3,8 @@ The confinement layer: what a sandboxed child does to itself before it reads inp
 
 Runs inside the child, after its imports, in this order: close descriptors
 above 2; rlimits; drop to an unprivileged uid/gid when started as root;
-optional namespaces and Landlock; no_new_privs; the seccomp allowlist.
+optional namespaces; drop every capability (a child that stays root);
+no_new_privs; Landlock where available; the seccomp allowlist.
 ``pyseccomp`` is imported with this module, since afterwards the child can
 open no file. Only the standard library and ``pyseccomp`` are used.
 
@@ -18,10 +19,12 @@ from __future__ import annotations
 import ctypes
 import errno
 import os
-import platform
 import resource
 import sys
-from typing import Any
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from typing import Any
 
 try:  # imported now: once confined, the child can open no file
     import pyseccomp as _sc
@@ -36,11 +39,18 @@ __all__ = ["ConfinementError", "Limits", "confine", "ALLOWED_SYSCALLS"]
 # running (measured on this machine kind); read/write/mmap/mprotect are
 # added with argument checks below.
 ALLOWED_SYSCALLS = (
-    "brk", "munmap", "mremap", "madvise", "futex", "rt_sigreturn", "rt_sigprocmask",
+    "brk", "munmap", "mremap", "futex", "rt_sigreturn", "rt_sigprocmask",
     "exit", "exit_group", "getrandom", "clock_gettime", "gettimeofday",
 )
 
+# madvise only with advice the allocator uses: NORMAL, RANDOM, SEQUENTIAL,
+# WILLNEED, DONTNEED, FREE, HUGEPAGE, NOHUGEPAGE. Never HWPOISON or
+# SOFT_OFFLINE, which take physical pages away from the whole machine for a
+# child that kept root's capabilities.
+ALLOWED_MADVISE = (0, 1, 2, 3, 4, 8, 14, 15)
+
 _PROT_EXEC = 0x4
+_LINUX_CAPABILITY_VERSION_3 = 0x20080522
 _PR_SET_NO_NEW_PRIVS = 38
 _CLONE_NEWIPC = 0x08000000
 _CLONE_NEWUSER = 0x10000000
@@ -65,7 +75,8 @@ class Limits:
 
 
 def _close_descriptors() -> None:
-    os.closerange(3, 1 << 20)
+    # Up to the hard limit of open files, however high the operator raised it.
+    os.closerange(3, max(1 << 20, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
 
 
 def _set_rlimits(limits: Limits) -> None:
@@ -96,6 +107,29 @@ def _libc() -> Any:
     return _LIBC
 
 
+class _CapHeader(ctypes.Structure):
+    _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
+
+
+class _CapData(ctypes.Structure):
+    _fields_ = [("effective", ctypes.c_uint32), ("permitted", ctypes.c_uint32),
+                ("inheritable", ctypes.c_uint32)]
+
+
+def _drop_capabilities() -> str:
+    """
+    A child that stays root (the sandbox user is root) gives up every capability:
+    the system calls seccomp allows then act as for any other user.
+    """
+    if os.geteuid() != 0:
+        return "none held"
+    header = _CapHeader(_LINUX_CAPABILITY_VERSION_3, 0)
+    data = (_CapData * 2)()
+    if _libc().capset(ctypes.byref(header), data) != 0:
+        raise ConfinementError(f"capabilities: {os.strerror(ctypes.get_errno())}")
+    return "dropped"
+
+
 def _unshare() -> str:
     flags = _CLONE_NEWNET | _CLONE_NEWIPC
     if os.geteuid() != 0:
@@ -113,7 +147,7 @@ class _RulesetAttr(ctypes.Structure):
 
 def _landlock() -> str:
     """Deny every filesystem (and, where known, network and signal) access the ABI knows."""
-    numbers = _LANDLOCK_SYSCALLS.get(platform.machine())
+    numbers = _LANDLOCK_SYSCALLS.get(os.uname().machine)
     if numbers is None:
         return "unavailable (architecture)"
     create, restrict = numbers
@@ -154,6 +188,10 @@ def _seccomp(limits: Limits) -> str:
         f.add_rule(sc.ALLOW, "read", sc.Arg(0, sc.EQ, 0))
         f.add_rule(sc.ALLOW, "write", sc.Arg(0, sc.EQ, 1))
         f.add_rule(sc.ALLOW, "write", sc.Arg(0, sc.EQ, 2))
+        # Closing stdout once the reply is written (nothing can open a new fd 1).
+        f.add_rule(sc.ALLOW, "close", sc.Arg(0, sc.EQ, 1))
+        for advice in ALLOWED_MADVISE:
+            f.add_rule(sc.ALLOW, "madvise", sc.Arg(2, sc.EQ, advice))
         f.add_rule(sc.ALLOW, "mmap", sc.Arg(2, sc.MASKED_EQ, _PROT_EXEC, 0))
         f.add_rule(sc.ALLOW, "mprotect", sc.Arg(2, sc.MASKED_EQ, _PROT_EXEC, 0))
         # glibc falls back from clone3 to clone only on ENOSYS; clone is denied.
@@ -182,6 +220,7 @@ def confine(limits: Limits) -> dict[str, str]:
         raise ConfinementError(f"rlimits or uid drop: {e}")
     if limits.namespaces:
         layers["namespaces"] = _unshare()
+    layers["capabilities"] = _drop_capabilities()
     _no_new_privs()
     layers["no_new_privs"] = "1"
     if limits.landlock:

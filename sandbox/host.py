@@ -119,14 +119,34 @@ def _too_deep(obj: Any, limit: int) -> bool:
     return False
 
 
-def _parse_reply(line: bytes) -> Any:
-    """The result of one reply line, or raise the SandboxError it describes."""
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _has_unpaired_surrogates(reply: Any) -> bool:
     try:
-        reply = json.loads(line)
+        json.dumps(reply, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
+def _parse_reply(line: bytes) -> Any:
+    """
+    The result of one reply line, or raise the SandboxError it describes.
+
+    Strict JSON only: no NaN or infinities, and no text the server could not
+    encode again (unpaired surrogates, which the child never sends, since
+    it writes UTF-8 and escapes no character above U+007F).
+    """
+    try:
+        reply = json.loads(line, parse_constant=_refuse_constant)
     except (ValueError, RecursionError) as e:
         raise SandboxError("SandboxProtocolError", f"reply is not valid JSON ({e})")
     if line.count(b"[") + line.count(b"{") > MAX_DEPTH and _too_deep(reply, MAX_DEPTH):
         raise SandboxError("SandboxProtocolError", f"reply nests deeper than {MAX_DEPTH}")
+    if (b"\\ud" in line or b"\\uD" in line) and _has_unpaired_surrogates(reply):
+        raise SandboxError("SandboxProtocolError", "reply holds text that is not valid Unicode")
     if not isinstance(reply, dict) or not isinstance(reply.get("ok"), bool):
         raise SandboxError("SandboxProtocolError", "reply is not a sandbox reply")
     if reply["ok"]:
@@ -165,6 +185,8 @@ class _Child(ProcessProtocol):
         self.request: _Request | None = None
         self.ended: defer.Deferred[None] = defer.Deferred()
         self.alive = True
+        self._reaped = False  # after this its pid (and group id) may belong to another process
+        self._warned = False
         self._stdout = bytearray()
         self._stdout_size = 0
         self._stderr = bytearray()
@@ -180,7 +202,7 @@ class _Child(ProcessProtocol):
         self.transport.closeStdin()
 
     def kill(self) -> None:
-        if not self.alive:
+        if not self.alive or self._reaped:
             return
         try:
             os.killpg(self.pid, signal.SIGKILL)  # the child is its session's leader
@@ -203,8 +225,10 @@ class _Child(ProcessProtocol):
     def childDataReceived(self, fd: int, data: bytes) -> None:
         if fd == 2:
             room = _STDERR_CAP - len(self._stderr)
-            if room > 0:
-                self._stderr += data[:room]
+            self._stderr += data[:room]
+            if len(data) > room:
+                # Stop reading: a child flooding stderr must not keep the reactor busy.
+                self.transport.closeChildFD(2)
             return
         if self._overflow:
             return
@@ -234,18 +258,49 @@ class _Child(ProcessProtocol):
             if header.get("ready") is True:
                 self.pool._child_ready(self)
 
+    def childConnectionLost(self, fd: int) -> None:
+        """
+        Stdout closed: the child wrote all it will ever write there. If that is
+        exactly one complete reply line, the request is answered now, without
+        waiting for the exit to be reaped; the child is killed at once so that
+        nothing it might still do can matter, and it keeps its place among
+        the running ones until it has been reaped.
+        """
+        request = self.request
+        if fd != 1 or request is None or request.done or self._overflow \
+                or self.header is None or self.header.get("ready") is not True:
+            return
+        if self._stdout.count(b"\n") != 1 or not self._stdout.endswith(b"\n"):
+            return  # processEnded tells a crash from a protocol error
+        self.kill()
+        self._warn()
+        try:
+            result = _parse_reply(bytes(self._stdout))
+        except SandboxError:
+            result = Failure()
+        request.finish(result)
+
+    def processExited(self, reason: Failure) -> None:
+        self._reaped = True
+
     def processEnded(self, reason: Failure) -> None:
         self.alive = False
+        self._reaped = True
         if self._timer is not None and self._timer.active():
             self._timer.cancel()
         self._timer = None
         request = self.request
         if request is not None:
-            self.pool._warn_about_run(self)
+            self._warn()
             if not request.done:
                 request.finish(self._outcome(reason))
         self.pool._child_ended(self)
         self.ended.callback(None)
+
+    def _warn(self) -> None:
+        if not self._warned:
+            self._warned = True
+            self.pool._warn_about_run(self)
 
     def _start_error(self) -> str:
         if self.header is not None and isinstance(self.header.get("error"), str):
@@ -390,7 +445,7 @@ class SandboxPool:
         request = _Request(payload, float(timeout), key)
         request.deferred.addBoth(self._release_caller, key)
         self._queue.append(request)
-        self._pump()
+        self._pump(refill=False)
         return request.deferred
 
     def stop(self) -> defer.Deferred[None]:
@@ -435,7 +490,16 @@ class SandboxPool:
         self._children.add(child)
         return child
 
-    def _pump(self) -> None:
+    def _pump(self, refill: bool = True) -> None:
+        """
+        Hand queued requests to idle (else new) children, then top up the warm ones.
+
+        With ``refill=False`` (a new request) the replacement for a child just
+        taken is started only when no idle child is left: a starting
+        interpreter costs tens of milliseconds of CPU, which would otherwise
+        compete with the run it was taken for. The top-up then happens when a
+        run ends.
+        """
         while self._queue and len(self._running) < self.max_runs and not self._stopped:
             request = self._queue.popleft()
             if request.done:
@@ -443,7 +507,8 @@ class SandboxPool:
             child = self._idle.pop() if self._idle else self._spawn()
             self._running.add(child)
             child.start_request(request)
-        self._refill()
+        if refill or not self._idle:
+            self._refill()
 
     def _refill(self) -> None:
         while (not self._stopped and self._start_failed is None

@@ -19,8 +19,7 @@ import math
 import operator
 import random
 import types
-from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING
 
 from RestrictedPython import (
     RestrictingNodeTransformer,
@@ -31,8 +30,12 @@ from RestrictedPython.Guards import (
     full_write_guard,
     guarded_iter_unpack_sequence,
     guarded_unpack_sequence,
-    safer_getattr,
+    safer_getattr_raise,
 )
+
+if TYPE_CHECKING:  # typing costs milliseconds of start-up in every child
+    from collections.abc import Callable
+    from typing import Any
 from RestrictedPython.PrintCollector import PrintCollector
 
 __all__ = ["PlayerPolicy", "PlayerSyntaxError", "player_builtins", "run_source"]
@@ -200,7 +203,9 @@ def player_builtins() -> dict[str, Any]:
 
 def _guards() -> dict[str, Any]:
     return {
-        "_getattr_": safer_getattr,
+        # A missing attribute raises AttributeError (RestrictedPython's plain
+        # safer_getattr quietly answers None).
+        "_getattr_": safer_getattr_raise,
         "_getitem_": _getitem,
         "_getiter_": _getiter,
         "_write_": full_write_guard,
