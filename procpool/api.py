@@ -13,17 +13,16 @@ from collections.abc import Callable
 from typing import Any
 
 from twisted.internet import defer
-from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from procpool import settings
 from procpool.errors import ProcPoolTimeout
 from procpool.pool import ProcessPool, dumps
+from procpool.results import AsyncResult
 from workers.source import run_source
 
 __all__ = ["run_async", "start", "stop", "stats", "get_pool", "attach_callbacks", "AsyncResult"]
 
-log = Logger()
 
 RESERVED = ("at_return", "at_return_kwargs", "at_err", "at_err_kwargs", "use_thread",
             "proc_timeout", "sandbox")
@@ -140,59 +139,9 @@ def attach_callbacks(d: defer.Deferred, at_return: Callable[..., Any] | None,
         out.addCallback(lambda result: at_return(result, **(at_return_kwargs or {})))
     if at_err is not None:
         out.addErrback(lambda failure: at_err(failure, **(at_err_kwargs or {})))
-    else:
-        out.addErrback(_log_unless_chained, out, what)
-    out._sealed = True
-    return out
-
-
-class AsyncResult(defer.Deferred):
-    """
-    The Deferred ``run_async`` returns.
-
-    With no ``at_err``, a failure must neither be lost nor become "Unhandled
-    error in Deferred". So: if the caller has chained callbacks by the time
-    the failure arrives, it goes to them. If not, it is logged once and held;
-    callbacks chained later still receive it (collecting Deferreds and
-    chaining ``gatherResults`` afterwards is common), and only if none ever
-    come is it dropped, already logged.
-    """
-
-    _sealed = False
-    chained = False
-    _held: Failure | None = None
-
-    def _chaining(self) -> None:
-        if self._sealed:
-            self.chained = True
-            held, self._held = self._held, None
-            if held is not None and self.called and self.result is None:
-                self.result = held
-
-    def addCallbacks(self, *args: Any, **kwargs: Any) -> defer.Deferred:  # noqa: N802
-        self._chaining()
-        return super().addCallbacks(*args, **kwargs)
-
-    def addCallback(self, *args: Any, **kwargs: Any) -> defer.Deferred:  # noqa: N802
-        self._chaining()
-        return super().addCallback(*args, **kwargs)
-
-    def addErrback(self, *args: Any, **kwargs: Any) -> defer.Deferred:  # noqa: N802
-        self._chaining()
-        return super().addErrback(*args, **kwargs)
-
-    def addBoth(self, *args: Any, **kwargs: Any) -> defer.Deferred:  # noqa: N802
-        self._chaining()
-        return super().addBoth(*args, **kwargs)
-
-
-def _log_unless_chained(failure: Failure, d: AsyncResult, what: str) -> Failure | None:
-    # Callbacks the caller added come after this one: the failure is theirs.
-    if d.chained:
-        return failure
-    log.failure("run_async: {what} failed", failure, what=what)
-    d._held = failure
-    return None
+        out._sealed = True
+        return out
+    return out.settle_failures(f"run_async: {what}")
 
 
 def _in_thread(to_execute: Any, args: tuple, kwargs: dict, timeout: float | None

@@ -76,6 +76,8 @@ from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from procpool.results import AsyncResult
+
 __all__ = ["interactive", "returnValue"]
 
 log = Logger()
@@ -145,7 +147,9 @@ class _Dialogue:
         self.name = name
         self.caller = caller
         self.clock = clock
-        self.deferred: Deferred[Any] = Deferred(canceller=self._cancel)
+        # A failure is logged here (_fail) and held for callbacks chained
+        # later, so it is neither lost nor reported twice.
+        self.deferred: Deferred[Any] = AsyncResult(canceller=self._cancel).settle_failures(None)
         self._pause: IDelayedCall | None = None
         self._ticket = 0  # which question a callback answers; stale answers are ignored
         self._running = False
@@ -270,11 +274,6 @@ class _Dialogue:
         self._done = True
         log.failure("@interactive {name} failed", failure=failure, name=self.name)
         self.deferred.errback(failure)
-        # Logged just above; keep Deferred's garbage-time "Unhandled error in
-        # Deferred" from logging the same failure a second time.
-        info = getattr(self.deferred, "_debugInfo", None)
-        if info is not None and getattr(info, "failResult", None) is failure:
-            info.failResult = None
 
     def _cancel(self, _deferred: Deferred[Any]) -> None:
         # Deferred.cancel errbacks with CancelledError once this returns.

@@ -1,0 +1,88 @@
+"""
+AsyncResult: the Deferred procpool hands out, which loses no failure and logs none twice.
+
+A Deferred that fails with nobody listening is logged by Twisted as
+"Unhandled error in Deferred" when it is garbage-collected, late and out of
+context; one that fails and is quietly swallowed loses the error. procpool's
+rule: a failure goes to the callbacks chained on the Deferred; if none are
+chained when it arrives, it is logged once at once and held, and callbacks
+chained later still receive it::
+
+    d = AsyncResult().settle_failures("nightly backup")
+    d.errback(ValueError("disk full"))     # logged now: "nightly backup failed"
+    d.addErrback(print)                    # still receives the ValueError
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.internet import defer
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+__all__ = ["AsyncResult"]
+
+log = Logger()
+
+
+class AsyncResult(defer.Deferred):
+    """
+    The Deferred ``run_async``, ``limited_exec`` and ``@interactive`` return.
+
+    Once :meth:`settle_failures` is called, a failure must neither be lost
+    nor become "Unhandled error in Deferred": if callbacks are chained by the
+    time it arrives, it goes to them; if not, it is logged once and held, and
+    callbacks chained later still receive it (collecting Deferreds and
+    chaining ``gatherResults`` afterwards is common). Only if none ever come
+    is it dropped, already logged. A cancellation is held but never logged.
+    """
+
+    _sealed = False
+    chained = False
+    _held: Failure | None = None
+
+    def _chaining(self) -> None:
+        if self._sealed:
+            self.chained = True
+            held, self._held = self._held, None
+            if held is not None and self.called and self.result is None:
+                self.result = held
+
+    def addCallbacks(self, *args: Any, **kwargs: Any) -> defer.Deferred:  # noqa: N802
+        self._chaining()
+        return super().addCallbacks(*args, **kwargs)
+
+    def addCallback(self, *args: Any, **kwargs: Any) -> defer.Deferred:  # noqa: N802
+        self._chaining()
+        return super().addCallback(*args, **kwargs)
+
+    def addErrback(self, *args: Any, **kwargs: Any) -> defer.Deferred:  # noqa: N802
+        self._chaining()
+        return super().addErrback(*args, **kwargs)
+
+    def addBoth(self, *args: Any, **kwargs: Any) -> defer.Deferred:  # noqa: N802
+        self._chaining()
+        return super().addBoth(*args, **kwargs)
+
+    def settle_failures(self, what: str | None) -> AsyncResult:
+        """
+        From here on, a failure that no callback chained on by then is held
+        for callbacks chained later, and logged once as ``what`` (pass None
+        when you log it yourself). Call it before handing the Deferred out::
+
+            d = AsyncResult().settle_failures("my job")
+        """
+        self.addErrback(_settle, self, what)
+        self._sealed = True
+        return self
+
+
+def _settle(failure: Failure, d: AsyncResult, what: str | None) -> Failure | None:
+    # Callbacks the caller added come after this one: the failure is theirs.
+    if d.chained:
+        return failure
+    if what is not None and not failure.check(defer.CancelledError):
+        log.failure("{what} failed", failure, what=what)
+    d._held = failure
+    return None
