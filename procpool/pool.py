@@ -282,7 +282,7 @@ def _starter_class() -> type:
             reactor = self.reactor
             return reactor.spawnProcess(
                 prot, sys.executable, (sys.executable, "-m", "workers", *self.args, *args),
-                env=self.env, path=self.path, uid=self.uid, gid=self.gid, usePTY=False,
+                env=self.env, path=self.path, usePTY=False,
                 childFDs={0: "w", 1: "r", 2: "r", 3: "w", 4: "r"})
 
     return WorkerStarter
@@ -377,8 +377,15 @@ class ProcessPool:
                                        consumeErrors=True).addCallback(lambda _: None)
         self.state = "running"
         env = worker_environment()
-        self._starter = _starter_class()(env=env, path=self.directory, uid=self.uid,
-                                         gid=self.gid)
+        # The worker drops to PROCPOOL_UID/GID itself once it has started:
+        # switching before exec fails wherever that user cannot read the
+        # interpreter (a Python under /root, a private virtualenv).
+        for key, value in (("PROCPOOL_WORKER_UID", self.uid), ("PROCPOOL_WORKER_GID", self.gid)):
+            if value is None:
+                env.pop(key, None)
+            else:
+                env[key] = str(value)
+        self._starter = _starter_class()(env=env, path=self.directory)
         self._starter.reactor = self.reactor
         self._shutdown_trigger = self.reactor.addSystemEventTrigger(
             "before", "shutdown", self.stop)

@@ -13,6 +13,7 @@ import textwrap
 import time
 
 from twisted.internet import defer, reactor, task
+from twisted.trial import unittest
 
 import procpool
 from procpool import (
@@ -180,6 +181,37 @@ class Environment(s.PoolTestCase):
         yield pool.start()
         self.assertEqual((yield pool.submit_call(s.env_value, "PROCPOOL_DATABASE")),
                          "configured.sqlite3")
+
+
+class Identity(s.PoolTestCase):
+    @defer.inlineCallbacks
+    def test_workers_run_as_the_configured_user_and_group(self):
+        if os.getuid() != 0:
+            raise unittest.SkipTest("changing user needs root")
+        import pwd
+        nobody = pwd.getpwnam("nobody")
+        pool = ProcessPool(min_workers=1, max_workers=1, uid=nobody.pw_uid, gid=nobody.pw_gid)
+        self.addCleanup(pool.stop)
+        yield pool.start()
+        ids = yield pool.submit_source("import os\n_return([os.getuid(), os.getgid(), "
+                                       "os.getgroups()])")
+        self.assertEqual(ids, [nobody.pw_uid, nobody.pw_gid, []])
+        # Modules are imported when a task needs them, so that user must be able to
+        # read them (here the interpreter's own library lives under /root); the
+        # worker keeps serving.
+        self.assertEqual((yield pool.submit_source("_return(sum(range(5)))")), 10)
+
+    @defer.inlineCallbacks
+    def test_setting_names_resolve_to_ids(self):
+        if os.getuid() != 0:
+            raise unittest.SkipTest("changing user needs root")
+        procpool.configure(PROCPOOL_UID="nobody", PROCPOOL_GID="nogroup")
+        pool = ProcessPool(min_workers=1, max_workers=1)
+        self.addCleanup(pool.stop)
+        yield pool.start()
+        uid = yield pool.submit_source("import os\n_return(os.getuid())")
+        import pwd
+        self.assertEqual(uid, pwd.getpwnam("nobody").pw_uid)
 
 
 class Deaths(s.PoolTestCase):

@@ -168,6 +168,22 @@ def _widen_pipes() -> None:
             pass
 
 
+def _drop_privileges() -> None:
+    """Become PROCPOOL_WORKER_UID/GID (set by the host from PROCPOOL_UID/GID)."""
+    uid = os.environ.get("PROCPOOL_WORKER_UID")
+    gid = os.environ.get("PROCPOOL_WORKER_GID")
+    if gid:
+        if os.getuid() == 0:
+            os.setgroups([])
+        os.setgid(int(gid))
+    if uid:
+        if not gid and os.getuid() == 0:
+            import pwd
+            os.setgroups([])
+            os.setgid(pwd.getpwuid(int(uid)).pw_gid)
+        os.setuid(int(uid))
+
+
 def main() -> None:
     """Entry point of ``python -m workers``."""
     try:
@@ -175,6 +191,7 @@ def main() -> None:
     except OSError:
         pass
     _widen_pipes()
+    _drop_privileges()  # before PDEATHSIG: a change of credentials clears it
     _die_with_parent()
     # What tasks print goes to the host's log; keep it line-buffered.
     sys.stdout = io.TextIOWrapper(open(1, "wb", buffering=0, closefd=False),
