@@ -51,6 +51,7 @@ MAX_DEPTH = 100  # nesting accepted in a reply
 _MAX_REQUEST = 16 << 20
 _HEADER_CAP = 64 << 10
 _STDERR_CAP = 16 << 10
+_KILL_GRACE = 2.0  # seconds a killed child may take to end before its pipes are closed
 
 
 def _child_paths() -> list[str]:
@@ -185,8 +186,8 @@ class _Child(ProcessProtocol):
         self.request: _Request | None = None
         self.ended: defer.Deferred[None] = defer.Deferred()
         self.alive = True
-        self._reaped = False  # after this its pid (and group id) may belong to another process
         self._warned = False
+        self._grace: Any = None
         self._stdout = bytearray()
         self._stdout_size = 0
         self._stderr = bytearray()
@@ -202,7 +203,7 @@ class _Child(ProcessProtocol):
         self.transport.closeStdin()
 
     def kill(self) -> None:
-        if not self.alive or self._reaped:
+        if not self.alive:
             return
         try:
             os.killpg(self.pid, signal.SIGKILL)  # the child is its session's leader
@@ -211,6 +212,18 @@ class _Child(ProcessProtocol):
                 self.transport.signalProcess("KILL")
             except Exception:
                 pass
+        if self._grace is None:
+            self._grace = self.pool.clock.callLater(_KILL_GRACE, self._abandon)
+
+    def _abandon(self) -> None:
+        """
+        Killed, yet not ended: something outside its process group holds its
+        pipes (impossible when confined, since it cannot fork). Close them so
+        that it ends and frees its place.
+        """
+        self._grace = None
+        if self.alive:
+            self.transport.loseConnection()
 
     def _deadline(self) -> None:
         self._timer = None
@@ -257,6 +270,8 @@ class _Child(ProcessProtocol):
             self.header = header
             if header.get("ready") is True:
                 self.pool._child_ready(self)
+            else:
+                self.kill()  # it will not run anything: do not let it linger
 
     def childConnectionLost(self, fd: int) -> None:
         """
@@ -280,15 +295,12 @@ class _Child(ProcessProtocol):
             result = Failure()
         request.finish(result)
 
-    def processExited(self, reason: Failure) -> None:
-        self._reaped = True
-
     def processEnded(self, reason: Failure) -> None:
         self.alive = False
-        self._reaped = True
-        if self._timer is not None and self._timer.active():
-            self._timer.cancel()
-        self._timer = None
+        for timer in (self._timer, self._grace):
+            if timer is not None and timer.active():
+                timer.cancel()
+        self._timer = self._grace = None
         request = self.request
         if request is not None:
             self._warn()
