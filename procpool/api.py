@@ -16,7 +16,7 @@ from twisted.internet import defer
 from twisted.python.failure import Failure
 
 from procpool import settings
-from procpool.errors import ProcPoolTimeout
+from procpool.errors import PoolStopped, ProcPoolTimeout
 from procpool.pool import ProcessPool, dumps
 from procpool.results import AsyncResult
 from workers.source import run_source
@@ -28,13 +28,18 @@ RESERVED = ("at_return", "at_return_kwargs", "at_err", "at_err_kwargs", "use_thr
             "proc_timeout", "sandbox")
 
 _pool: ProcessPool | None = None
+_stopped = False  # procpool.stop() was called, and procpool.start() not since
 
 
 def get_pool() -> ProcessPool:
-    """The process-wide pool (created, not started, on first use)."""
-    global _pool
+    """
+    The process-wide pool (created, not started, on first use). Asking for it
+    after :func:`stop` gives a fresh pool, and ``run_async`` works again.
+    """
+    global _pool, _stopped
     if _pool is None or _pool.state in ("stopping", "stopped"):
         _pool = ProcessPool()
+        _stopped = False
     return _pool
 
 
@@ -105,6 +110,11 @@ def run_async(to_execute: Callable[..., Any] | str, *args: Any, **kwargs: Any) -
         raise TypeError(f"run_async needs a callable or a string of Python source, not "
                         f"{type(to_execute).__name__} ({text[:60]})")
 
+    if _stopped and not use_thread and settings.cached("PROCPOOL_ENABLED"):
+        return attach_callbacks(
+            defer.fail(PoolStopped("procpool.stop() was called; call procpool.start() to "
+                                   "run more work")),
+            at_return, at_return_kwargs, at_err, at_err_kwargs, what)
     if sandboxed:
         if not isinstance(to_execute, str):
             raise TypeError("sandbox=True runs source strings only")
@@ -170,6 +180,8 @@ def start() -> defer.Deferred:
 
         procpool.start().addCallback(lambda _: print("pool ready"))
     """
+    global _stopped
+    _stopped = False
     waits = []
     if settings.get("PROCPOOL_ENABLED"):
         waits.append(get_pool().start())
@@ -185,7 +197,11 @@ def stop() -> defer.Deferred:
     Stop the pool (queued tasks fail with PoolStopped), the sandbox's
     children and the task handler's storage. Registered to run at reactor
     shutdown when the pool starts; fires when every process has ended.
+    Until :func:`start` is called again, ``run_async`` fails its Deferred
+    with PoolStopped (threads excepted).
     """
+    global _stopped
+    _stopped = True
     waits = []
     if _pool is not None:
         waits.append(_pool.stop())

@@ -73,16 +73,34 @@ class AsyncResult(defer.Deferred):
 
             d = AsyncResult().settle_failures("my job")
         """
-        self.addErrback(_settle, self, what)
+        self._settling = True
+        try:
+            self.addErrback(_settle, self, what)
+        finally:
+            self._settling = False
         self._sealed = True
         return self
+
+    _settling = False
 
 
 def _settle(failure: Failure, d: AsyncResult, what: str | None) -> Failure | None:
     # Callbacks the caller added come after this one: the failure is theirs.
     if d.chained:
         return failure
-    if what is not None and not failure.check(defer.CancelledError):
-        log.failure("{what} failed", failure, what=what)
     d._held = failure
+    if what is None or failure.check(defer.CancelledError):
+        return None
+    if d._settling:
+        # Failed before the caller even had the Deferred: give them one
+        # reactor turn to chain on it before calling the failure unclaimed.
+        from twisted.internet import reactor
+        reactor.callLater(0, _log_if_unclaimed, d, failure, what)
+    else:
+        log.failure("{what} failed", failure, what=what)
     return None
+
+
+def _log_if_unclaimed(d: AsyncResult, failure: Failure, what: str) -> None:
+    if d._held is failure:
+        log.failure("{what} failed", failure, what=what)

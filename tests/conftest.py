@@ -5,7 +5,7 @@ import tempfile
 
 import pytest
 
-from procpool import settings
+from procpool import api, settings
 
 # procpool.start() loads persistent tasks; keep the default SQLite file out of the work tree.
 if "PROCPOOL_DATABASE" not in os.environ:
@@ -16,5 +16,6 @@ if "PROCPOOL_DATABASE" not in os.environ:
 @pytest.fixture(autouse=True)
 def _fresh_settings():
     settings.reset()
+    api._stopped = False  # another test's procpool.stop() must not leak into this one
     yield
     settings.reset()

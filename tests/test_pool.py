@@ -357,9 +357,23 @@ class Stopping(s.PoolTestCase):
             yield running
 
     @defer.inlineCallbacks
-    def test_run_async_after_procpool_stop_starts_a_new_pool(self):
+    def test_run_async_after_procpool_stop_fails_until_start(self):
         yield procpool.stop()
+        with self.assertRaises(PoolStopped):
+            yield procpool.run_async(s.add, 2, 2)
+        with self.assertRaises(PoolStopped):
+            yield procpool.run_async("_return(1)", sandbox=True)
+        self.assertEqual((yield procpool.run_async(s.add, 2, 2, use_thread=True)), 4)
+        yield procpool.start()
         self.assertEqual((yield procpool.run_async(s.add, 2, 2)), 4)
+
+    @defer.inlineCallbacks
+    def test_an_unclaimed_failure_at_call_time_is_logged_one_turn_later(self):
+        yield procpool.stop()
+        procpool.run_async(s.add, 1)
+        self.assertEqual(self.flushLoggedErrors(PoolStopped), [])
+        yield task.deferLater(reactor, 0.01, lambda: None)
+        self.assertEqual(len(self.flushLoggedErrors(PoolStopped)), 1)
 
 
 class Recycling(s.PoolTestCase):
