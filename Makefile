@@ -29,4 +29,4 @@ bench: $(STAMP)
 	$(PY) bench/run.py $(ARGS)
 
 clean:
-	rm -rf $(VENV) *.egg-info .pytest_cache procpool.sqlite3*
+	rm -rf $(VENV) *.egg-info .pytest_cache procpool.sqlite3* procpool-demo.sqlite3*
