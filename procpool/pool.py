@@ -303,7 +303,33 @@ def worker_environment() -> dict[str, str]:
         if name in settings._given:
             env[name] = "" if value is None else str(value)
     env["PROCPOOL_MAX_PAYLOAD"] = str(settings.get("PROCPOOL_MAX_PAYLOAD"))
+    if settings.get("PROCPOOL_TUNE_MALLOC") and "GLIBC_TUNABLES" not in env:
+        env["GLIBC_TUNABLES"] = (f"glibc.malloc.mmap_threshold={_MMAP_THRESHOLD}:"
+                                 f"glibc.malloc.trim_threshold={_TRIM_THRESHOLD}")
     return env
+
+
+_MMAP_THRESHOLD = 32 * 1024 * 1024
+_TRIM_THRESHOLD = 64 * 1024 * 1024
+
+
+def tune_malloc() -> bool:
+    """
+    Ask glibc to keep freed buffers of up to 32 MiB in the heap. By default it
+    returns each big buffer to the kernel and faults it in again on the next
+    big payload: about 1,000 page faults per 1 MiB echo, half the host's CPU
+    time. Measured: 1 MiB echo 270-320 -> 400-590 MiB/s. True if applied.
+    """
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        import ctypes
+        libc = ctypes.CDLL(None)
+        m_trim_threshold, m_mmap_threshold = -1, -3
+        return bool(libc.mallopt(m_mmap_threshold, _MMAP_THRESHOLD)
+                    and libc.mallopt(m_trim_threshold, _TRIM_THRESHOLD))
+    except (OSError, AttributeError):
+        return False
 
 
 class ProcessPool:
@@ -376,6 +402,8 @@ class ProcessPool:
             return defer.gatherResults([w.started for w in self._workers if not w.ready],
                                        consumeErrors=True).addCallback(lambda _: None)
         self.state = "running"
+        if settings.get("PROCPOOL_TUNE_MALLOC"):
+            tune_malloc()
         env = worker_environment()
         # The worker drops to PROCPOOL_UID/GID itself once it has started:
         # switching before exec fails wherever that user cannot read the

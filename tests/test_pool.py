@@ -214,6 +214,19 @@ class Identity(s.PoolTestCase):
         self.assertEqual(uid, pwd.getpwnam("nobody").pw_uid)
 
 
+class MallocTuning(s.PoolTestCase):
+    @defer.inlineCallbacks
+    def test_workers_keep_big_buffers_in_the_heap_unless_told_not_to(self):
+        tunables = yield procpool.run_async(s.env_value, "GLIBC_TUNABLES")
+        self.assertIn("glibc.malloc.mmap_threshold=33554432", tunables)
+        procpool.configure(PROCPOOL_TUNE_MALLOC=False)
+        pool = ProcessPool(min_workers=1, max_workers=1)
+        self.addCleanup(pool.stop)
+        yield pool.start()
+        self.assertEqual((yield pool.submit_call(s.env_value, "GLIBC_TUNABLES")),
+                         os.environ.get("GLIBC_TUNABLES"))
+
+
 class Deaths(s.PoolTestCase):
     """Defect 5: clean exits mid-call went unnoticed; idle deaths left the pool short."""
 
