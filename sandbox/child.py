@@ -4,12 +4,14 @@ The one-shot confined child: confine, read one request, run it, reply, exit.
 Started by :mod:`sandbox.host` with an empty environment, cwd ``/``, fds 0-2
 as pipes and its configuration as JSON in ``argv[1]``::
 
-    python -I -S -B -c BOOTSTRAP '{"paths": [...], "limits": {...}, ...}'
+    python -I -S -B -c BOOTSTRAP '{"paths": [...], "limits": {...}, ...}' [CODE]
 
-(``python -m sandbox CONFIG`` does the same when ``sandbox`` is importable.)
-It imports only the standard library, RestrictedPython and pyseccomp (never
-Twisted or procpool), confines itself, and only then writes its ready line
-and reads. On stdout it writes exactly two lines of JSON::
+(``CODE``: the host's compiled code for the sandbox's own modules, so that
+no child compiles them again; ``python -m sandbox CONFIG`` does the same
+without it, when ``sandbox`` is importable.) It imports only the standard
+library, RestrictedPython and pyseccomp (never Twisted or procpool), confines
+itself, and only then writes its ready line and reads. On stdout it writes
+exactly two lines of JSON (UTF-8), and closes stdout after the second::
 
     {"ready": true, "pid": 123, "layers": {"seccomp": "errno", ...}}
     {"ok": true, "result": 3}   or   {"ok": false, "type": "ValueError", "message": "x"}
@@ -23,21 +25,31 @@ from __future__ import annotations
 import json
 import os
 import sys
-from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:  # typing costs milliseconds of start-up in every child
+TYPE_CHECKING = False  # not typing.TYPE_CHECKING: importing typing costs milliseconds
+if TYPE_CHECKING:
     from typing import Any
 
-__all__ = ["main", "BOOTSTRAP", "REPLY_FD"]
+__all__ = ["main", "BOOTSTRAP", "PRECOMPILED", "REPLY_FD"]
 
 # The reply goes out on stdout; the child closes it as soon as the reply is
 # written, so the host sees the end of the reply before the process is torn down.
 REPLY_FD = 1
 
 # What the host passes to `python -c`; argv[1] is the configuration.
+# With a third argument (the host's compiled code for the sandbox's own modules,
+# used only by the interpreter build that made it) nothing is compiled here.
 BOOTSTRAP = ("import os,sys,json;os.chdir('/');c=json.loads(sys.argv[1]);"
-             "sys.path[:0]=c['paths'];"
-             "from sandbox.child import main;main(c)")
+             "sys.path[:0]=c['paths'];p=None\n"
+             "if len(sys.argv)>2 and c.get('build')==[sys.hexversion,\n"
+             "                                       sys.implementation.cache_tag]:\n"
+             " import marshal,binascii;p=marshal.loads(binascii.a2b_base64(sys.argv[2]))\n"
+             " for n in ('sandbox','sandbox.child'):\n"
+             "  m=sys.modules[n]=type(sys)(n);m.__package__='sandbox';exec(p.pop(n),m.__dict__)\n"
+             " sys.modules['sandbox'].__path__=[];sys.modules['sandbox'].child=m\n"
+             "from sandbox.child import main;main(c,p)")
+
+PRECOMPILED = ("sandbox", "sandbox.child", "sandbox.confine", "sandbox.policy")
 
 # Modules that player code may `import` when the language layer is switched
 # off for testing, imported before confinement so an attack reaches the syscall.
@@ -165,8 +177,24 @@ def _ignore_unraisable(unraisable: Any) -> None:
     """
 
 
-def main(config: dict[str, Any] | None = None) -> None:
-    """Run one sandboxed request as described in the module docstring; never returns."""
+def _install(precompiled: dict[str, Any]) -> None:
+    """Make the host's compiled code the modules ``sandbox.confine`` and ``sandbox.policy``."""
+    package = sys.modules["sandbox"]
+    for name, code in precompiled.items():
+        module = sys.modules[name] = type(sys)(name)
+        module.__package__ = "sandbox"
+        exec(code, module.__dict__)
+        setattr(package, name.rpartition(".")[2], module)
+
+
+def main(config: dict[str, Any] | None = None,
+         precompiled: dict[str, Any] | None = None) -> None:
+    """
+    Run one sandboxed request as described in the module docstring; never returns.
+
+    ``precompiled`` maps module names to code objects the host compiled from
+    the sandbox's own files (never from anything a player sent).
+    """
     if config is None:
         config = json.loads(sys.argv[1])
     os.chdir("/")
@@ -178,6 +206,8 @@ def main(config: dict[str, Any] | None = None) -> None:
     # may have added LC_CTYPE. Player code sees none.
     os.environ.clear()
     _fast_find_library()
+    if precompiled:
+        _install(precompiled)  # after the ctypes.util shim: confine imports pyseccomp
 
     from sandbox import confine as confinement
     from sandbox import policy  # noqa: F401

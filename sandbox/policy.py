@@ -19,7 +19,6 @@ import math
 import operator
 import random
 import types
-from typing import TYPE_CHECKING
 
 from RestrictedPython import (
     RestrictingNodeTransformer,
@@ -32,11 +31,12 @@ from RestrictedPython.Guards import (
     guarded_unpack_sequence,
     safer_getattr_raise,
 )
+from RestrictedPython.PrintCollector import PrintCollector
 
-if TYPE_CHECKING:  # typing costs milliseconds of start-up in every child
+TYPE_CHECKING = False  # not typing.TYPE_CHECKING: importing typing costs milliseconds
+if TYPE_CHECKING:
     from collections.abc import Callable
     from typing import Any
-from RestrictedPython.PrintCollector import PrintCollector
 
 __all__ = ["PlayerPolicy", "PlayerSyntaxError", "player_builtins", "run_source"]
 

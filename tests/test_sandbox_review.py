@@ -11,6 +11,7 @@ that request with an error, end the child and stay healthy, never unpickle.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import sys
@@ -211,7 +212,7 @@ def _count_stderr(case: TestCase) -> list[int]:
 _PROLOGUE = """\
 import json, os, sys, time
 os.setsid()
-config = json.loads(sys.argv[-1])
+config = json.loads(next(a for a in sys.argv if a.startswith("{")))
 def w(data, fd=1):
     while data:
         data = data[os.write(fd, data):]
@@ -324,6 +325,7 @@ class TestHostileChild(_PoolCase):
 
     @defer.inlineCallbacks
     def test_a_grandchild_holding_the_pipes_does_not_keep_the_run(self) -> Any:
+        self.patch(host, "_KILL_GRACE", 0.3)
         pool = self.hostile_pool("grandchild_holds_pipes")
         grandchildren: list[int] = []
         original = host._Child.childDataReceived
@@ -349,3 +351,27 @@ def _kill_quietly(pid: int) -> None:
         os.kill(pid, signal.SIGKILL)
     except OSError:
         pass
+
+
+class TestPrecompiledModules(_PoolCase):
+    """Children run the host's compiled sandbox modules, or their own for another build."""
+
+    @defer.inlineCallbacks
+    def test_children_use_the_host_compiled_modules(self) -> Any:
+        pool = self.make_pool(restricted=False)
+        source = ("import sys\n_return([sys.modules[n].__spec__ is None for n in "
+                  "('sandbox.child', 'sandbox.confine', 'sandbox.policy')])")
+        self.assertEqual((yield pool.run(source)), [True, True, True])
+        self.flushLoggedErrors()
+
+    @defer.inlineCallbacks
+    def test_another_interpreter_build_compiles_its_own(self) -> Any:
+        pool = SandboxPool(restricted=False, warm=0,
+                           **({"user": "nobody", "group": "nogroup"} if _ROOT else {}))
+        self.pools.append(pool)
+        pool.config["build"] = [0, "another-build"]
+        pool._args[pool._args.index(next(a for a in pool._args if a.startswith("{")))] = \
+            json.dumps(pool.config)
+        source = "import sys\n_return(sys.modules['sandbox.policy'].__spec__ is None)"
+        self.assertFalse((yield pool.run(source)))
+        self.flushLoggedErrors()
