@@ -128,10 +128,12 @@ def run_async(to_execute: Callable[..., Any] | str, *args: Any, **kwargs: Any) -
         pool = get_pool()
         if isinstance(to_execute, str):
             payload = dumps((to_execute, kwargs), "the source string's keyword arguments")
-            d = pool.submit(b"s", payload, timeout)
+            kind = b"s"
         else:
             payload = dumps((to_execute, args, kwargs), f"{what} or its arguments")
-            d = pool.submit(b"c", payload, timeout)
+            kind = b"c"
+        # The pool fires the caller's Deferred itself: one Deferred per call.
+        d = pool.submit(kind, payload, timeout, AsyncResult())
 
     return attach_callbacks(d, at_return, at_return_kwargs, at_err, at_err_kwargs, what)
 
@@ -143,8 +145,11 @@ def attach_callbacks(d: defer.Deferred, at_return: Callable[..., Any] | None,
     Hang ``at_return``/``at_err`` on ``d`` the way run_async does, and return
     the :class:`AsyncResult` the caller gets (shared with ``limited_exec``).
     """
-    out = AsyncResult()
-    d.chainDeferred(out)
+    if isinstance(d, AsyncResult) and not d._sealed and not d.called:
+        out = d
+    else:
+        out = AsyncResult()
+        d.chainDeferred(out)
     if at_return is not None:
         out.addCallback(lambda result: at_return(result, **(at_return_kwargs or {})))
     if at_err is not None:

@@ -92,8 +92,9 @@ _LATENCIES = 2048
 class _Task:
     __slots__ = ("deferred", "kind", "payload", "timeout", "ask", "submitted", "sent", "timer")
 
-    def __init__(self, kind: bytes, payload: bytes, timeout: float | None) -> None:
-        self.deferred: defer.Deferred = defer.Deferred()
+    def __init__(self, kind: bytes, payload: bytes, timeout: float | None,
+                 deferred: defer.Deferred | None = None) -> None:
+        self.deferred: defer.Deferred = deferred if deferred is not None else defer.Deferred()
         self.kind = kind
         self.payload = payload
         self.timeout = timeout
@@ -488,21 +489,25 @@ class ProcessPool:
 
     # -- submitting ------------------------------------------------------
 
-    def submit(self, kind: bytes, payload: bytes, timeout: float | None = None) -> defer.Deferred:
+    def submit(self, kind: bytes, payload: bytes, timeout: float | None = None,
+               deferred: defer.Deferred | None = None) -> defer.Deferred:
         """
         Queue one serialised task (``kind`` ``b"c"`` or ``b"s"``, see
         workers/wire.py). Raises :class:`PayloadTooLarge` at once for an
-        over-cap payload; the Deferred fires with the unpickled result.
+        over-cap payload; the Deferred (``deferred`` if given) fires with the
+        unpickled result.
         """
         if self.state != "running":
             if self.state == "new":
                 self.start().addErrback(self._start_failed)
             else:
-                return defer.fail(PoolStopped())
+                d = deferred if deferred is not None else defer.Deferred()
+                d.errback(PoolStopped())
+                return d
         size = len(payload)
         if size > self.max_payload:
             raise PayloadTooLarge("the task's arguments", size, self.max_payload)
-        task = _Task(kind, payload, timeout)
+        task = _Task(kind, payload, timeout, deferred)
         queue = self._queue
         # A non-empty queue means no worker can take more right now; the next
         # answer, start or death pumps it again.
