@@ -215,8 +215,9 @@ def bench_procpool_extras() -> dict:
             yield defer.gatherResults([pool.submit_call(noop, i) for i in range(BURST)])
             out[f"burst_recycle_{recycle}"] = BURST / (time.perf_counter() - t)
             yield pool.stop()
-        out["recycling_cost_pct"] = 100 * (1 - out["burst_recycle_10000"] / out["burst_recycle_0"])
-        out["recycling_500_cost_pct"] = 100 * (1 - out["burst_recycle_500"] / out["burst_recycle_0"])
+        base = out["burst_recycle_0"]
+        out["recycling_cost_pct"] = 100 * (1 - out["burst_recycle_10000"] / base)
+        out["recycling_500_cost_pct"] = 100 * (1 - out["burst_recycle_500"] / base)
 
     def go():
         d = run()
