@@ -30,7 +30,7 @@ TYPE_CHECKING = False  # not typing.TYPE_CHECKING: importing typing costs millis
 if TYPE_CHECKING:
     from typing import Any
 
-__all__ = ["main", "BOOTSTRAP", "PRECOMPILED", "REPLY_FD"]
+__all__ = ["main", "count_containers", "BOOTSTRAP", "MAX_CONTAINERS", "PRECOMPILED", "REPLY_FD"]
 
 # The reply goes out on stdout; the child closes it as soon as the reply is
 # written, so the host sees the end of the reply before the process is torn down.
@@ -50,6 +50,30 @@ BOOTSTRAP = ("import os,sys,json;os.chdir('/');c=json.loads(sys.argv[1]);"
              "from sandbox.child import main;main(c,p)")
 
 PRECOMPILED = ("sandbox", "sandbox.child", "sandbox.confine", "sandbox.policy")
+
+# Most lists and dicts in one reply (the host parses replies in its reactor thread).
+MAX_CONTAINERS = 10_000
+
+_JSON_STRING = None
+
+
+def count_containers(line: bytes) -> int:
+    """
+    The lists and dicts in one line of JSON: its ``[`` and ``{`` outside strings.
+
+    Counting every bracket is quick and never too low; strings are taken out
+    only when that count is over MAX_CONTAINERS.
+    """
+    global _JSON_STRING
+    count = line.count(b"[") + line.count(b"{")
+    if count <= MAX_CONTAINERS:
+        return count
+    if _JSON_STRING is None:
+        import re
+
+        _JSON_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"')
+    bare = _JSON_STRING.sub(b"", line)
+    return bare.count(b"[") + bare.count(b"{")
 
 # Modules that player code may `import` when the language layer is switched
 # off for testing, imported before confinement so an attack reaches the syscall.
@@ -166,6 +190,9 @@ def _run(data: bytes, config: dict[str, Any]) -> bytes:
         line = _encode({"ok": False, "type": "OutputTooLarge",
                         "message": f"reply of {len(line)} bytes is over the limit of "
                                    f"{config['max_output']} bytes"})
+    elif count_containers(line) > MAX_CONTAINERS:
+        line = _encode({"ok": False, "type": "OutputTooLarge",
+                        "message": f"result holds more than {MAX_CONTAINERS} lists and dicts"})
     return line + b"\n"
 
 

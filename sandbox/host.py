@@ -42,7 +42,7 @@ from twisted.python.failure import Failure
 
 from procpool import settings
 from procpool.errors import PayloadTooLarge, PoolStopped, ProcPoolTimeout, SerializationError
-from sandbox.child import BOOTSTRAP, PRECOMPILED
+from sandbox.child import BOOTSTRAP, MAX_CONTAINERS, PRECOMPILED, count_containers
 from sandbox.errors import SandboxBusy, SandboxError, SandboxUnavailable
 
 __all__ = ["SandboxPool", "get_pool", "limited_exec", "run_sandboxed", "stop"]
@@ -135,16 +135,16 @@ def _encode_request(source: Any, context: dict[str, Any]) -> bytes:
 
 
 def _too_deep(obj: Any, limit: int) -> bool:
-    stack = [(obj, 1)]
-    while stack:
-        item, depth = stack.pop()
-        if depth > limit:
-            return True
-        if isinstance(item, list):
-            stack.extend((x, depth + 1) for x in item)
-        elif isinstance(item, dict):
-            stack.extend((x, depth + 1) for x in item.values())
-    return False
+    """Whether ``obj`` nests deeper than ``limit`` (itself at depth 1); level by level."""
+    level = [obj]
+    for _ in range(limit):
+        containers = [c for c in level if c.__class__ is list or c.__class__ is dict]
+        if not containers:
+            return False
+        level = []
+        for c in containers:
+            level.extend(c if c.__class__ is list else c.values())
+    return bool(level)
 
 
 def _refuse_constant(name: str) -> Any:
@@ -165,13 +165,20 @@ def _parse_reply(line: bytes) -> Any:
 
     Strict JSON only: no NaN or infinities, and no text the server could not
     encode again (unpaired surrogates, which the child never sends, since
-    it writes UTF-8 and escapes no character above U+007F).
+    it writes UTF-8 and escapes no character above U+007F). At most
+    MAX_CONTAINERS lists and dicts, nested at most MAX_DEPTH deep: the parse
+    runs in the reactor thread, and a megabyte of ``[[], [], ...]`` would
+    hold it for a quarter of a second.
     """
+    containers = count_containers(line)
+    if containers > MAX_CONTAINERS:  # refused before parsing: parsing them blocks the reactor
+        raise SandboxError("SandboxProtocolError",
+                           f"reply holds more than {MAX_CONTAINERS} lists and dicts")
     try:
         reply = json.loads(line, parse_constant=_refuse_constant)
     except (ValueError, RecursionError) as e:
         raise SandboxError("SandboxProtocolError", f"reply is not valid JSON ({e})")
-    if line.count(b"[") + line.count(b"{") > MAX_DEPTH and _too_deep(reply, MAX_DEPTH):
+    if containers >= MAX_DEPTH and _too_deep(reply, MAX_DEPTH):  # n of them nest n + 1 deep
         raise SandboxError("SandboxProtocolError", f"reply nests deeper than {MAX_DEPTH}")
     if (b"\\ud" in line or b"\\uD" in line) and _has_unpaired_surrogates(reply):
         raise SandboxError("SandboxProtocolError", "reply holds text that is not valid Unicode")

@@ -24,6 +24,7 @@ from twisted.trial.unittest import TestCase
 
 from procpool.errors import ProcPoolTimeout
 from sandbox import host
+from sandbox.child import MAX_CONTAINERS
 from sandbox.errors import SandboxError, SandboxUnavailable
 from sandbox.host import SandboxPool, _parse_reply
 
@@ -86,6 +87,26 @@ class TestReplyParsing(TestCase):
                          "\u00e9\U0001F600")
         self.assertEqual(_parse_reply(b'{"ok": true, "result": "a\\\\ud800"}'), "a\\ud800")
 
+    def test_too_many_lists_and_dicts_are_refused_before_parsing(self) -> None:
+        line = b'{"ok": true, "result": [' + b"[]," * MAX_CONTAINERS + b"{}]}"
+        with self.assertRaises(SandboxError) as caught:
+            _parse_reply(line)
+        self.assertIn("lists and dicts", caught.exception.message)
+        self.assertEqual(len(_parse_reply(line.replace(b"[],", b"1,"))), MAX_CONTAINERS + 1)
+        # Brackets inside strings are text, not containers.
+        text = "[{" * MAX_CONTAINERS + '\\"[{'
+        self.assertEqual(_parse_reply(json.dumps({"ok": True, "result": [text]}).encode()),
+                         [text])
+
+    def test_nesting_is_limited(self) -> None:
+        nested: Any = 1
+        for _ in range(98):
+            nested = [nested]
+        self.assertEqual(_parse_reply(json.dumps({"ok": True, "result": nested}).encode()),
+                         nested)
+        with self.assertRaises(SandboxError):
+            _parse_reply(json.dumps({"ok": True, "result": [nested]}).encode())
+
     def test_huge_integers_are_refused(self) -> None:
         with self.assertRaises(SandboxError):
             _parse_reply(b'{"ok": true, "result": 1' + b"0" * 5000 + b"}")
@@ -127,10 +148,20 @@ class TestPlayerAttacks(_PoolCase):
         self.assertEqual((err.type_name, err.message), ("ValueError", "bad ? text"))
 
     @defer.inlineCallbacks
+    def test_results_with_too_many_lists_are_refused_in_the_child(self) -> Any:
+        pool = self.make_pool()
+        err = yield self.error_of(pool.run(f"_return([[] for i in range({MAX_CONTAINERS})])"))
+        self.assertEqual(err.type_name, "OutputTooLarge")
+        self.assertIn("lists and dicts", err.message)
+        result = yield pool.run(f"_return([[i] for i in range({MAX_CONTAINERS - 10})])")
+        self.assertEqual(len(result), MAX_CONTAINERS - 10)
+
+    @defer.inlineCallbacks
     def test_forged_replies_that_are_not_strict_json_are_refused(self) -> Any:
         pool = self.make_pool(restricted=False, max_runs=4)
         for reply in (b'{"ok": true, "result": NaN}', b'{"ok": true, "result": "\\ud800"}',
-                      b'{"ok": false, "type": "X", "message": "\\udfff"}'):
+                      b'{"ok": false, "type": "X", "message": "\\udfff"}',
+                      b'{"ok": true, "result": [' + b"[]," * 20000 + b"[]]}"):
             err = yield self.error_of(pool.run(
                 f"import os\nos.write(1, {reply!r} + b'\\n')\nos.close(1)\nos._exit(0)"))
             self.assertEqual(err.type_name, "SandboxProtocolError", reply)
