@@ -220,6 +220,7 @@ class _Child(ProcessProtocol):
         self.request: _Request | None = None
         self.ended: defer.Deferred[None] = defer.Deferred()
         self.alive = True
+        self._exited = False  # reaped: its pid may already belong to another process
         self._warned = False
         self._grace: Any = None
         self._stdout = bytearray()
@@ -321,13 +322,17 @@ class _Child(ProcessProtocol):
             return
         if self._stdout.count(b"\n") != 1 or not self._stdout.endswith(b"\n"):
             return  # processEnded tells a crash from a protocol error
-        self.kill()
+        if not self._exited:  # the usual case: it is still tearing itself down
+            self.kill()
         self._warn()
         try:
             result = _parse_reply(bytes(self._stdout))
         except SandboxError:
             result = Failure()
         request.finish(result)
+
+    def processExited(self, reason: Failure) -> None:
+        self._exited = True
 
     def processEnded(self, reason: Failure) -> None:
         self.alive = False
