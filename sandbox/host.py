@@ -273,7 +273,7 @@ class _Child(ProcessProtocol):
     def childDataReceived(self, fd: int, data: bytes) -> None:
         if fd == 2:
             room = _STDERR_CAP - len(self._stderr)
-            self._stderr += data[:room]
+            self._stderr += data[:max(room, 0)]
             if len(data) > room:
                 # Stop reading: a child flooding stderr must not keep the reactor busy.
                 self.transport.closeChildFD(2)
