@@ -501,8 +501,7 @@ class TaskHandler:
         writer = self._writer
         assert writer is not None
         self._next_id = max(self._next_id, next_id)
-        now = self.clock.seconds()
-        overdue: list[_Task] = []
+        built: list[_Task] = []
         for row in sorted(stored, key=lambda r: (r.due, r.task_id)):
             try:
                 callback, args, kwargs = _load(row.payload)
@@ -519,13 +518,24 @@ class TaskHandler:
                 writer.put(StoredTask(task_id, row.due, row.payload))
                 writer.delete(row.task_id)
             task = _Task(task_id, row.due, callback, args, kwargs, row.payload)
-            remaining = row.due - now
-            self._arm(task, remaining if remaining > 0 else None)
-            if remaining <= 0:
-                overdue.append(task)
             self.tasks[task_id] = task
-        if overdue:
-            self.clock.callLater(0, self._fire_overdue, overdue)
+            built.append(task)
+        # The one call that fires the overdue tasks is scheduled before any
+        # timer is armed: a timer armed while a slow load runs on could
+        # otherwise come due first, and a later task would run before an
+        # overdue one. Once one task has a timer, every later-due task gets a
+        # timer too (armed later, so it cannot run ahead of the earlier one).
+        overdue: list[_Task] = []
+        self.clock.callLater(0, self._fire_overdue, overdue)
+        timers = False
+        for task in built:
+            remaining = task.due - self.clock.seconds()
+            if remaining <= 0 and not timers:
+                self._arm(task, None)
+                overdue.append(task)
+            else:
+                timers = True
+                self._arm(task, max(remaining, 0.0))
         self._loaded = True
 
     @staticmethod

@@ -327,6 +327,21 @@ class DelayBehaviour:
         self.assertEqual([c[0][0] for c in CALLS], [10, 20, 30, 100])
 
     @inlineCallbacks
+    def test_a_slow_load_never_runs_a_later_task_before_an_overdue_one(self):
+        # Tasks due 0.01 s apart, then a restart whose clock moves 0.01 s every
+        # time the handler reads it, as a slow load on a busy machine would.
+        for n in range(10):
+            self.handler.add(10 + n * 0.01, record, n, persistent=True)
+        yield self.handler.stop()
+        ticking = _TickingClock(step=0.01)
+        ticking.advance(10.045)
+        self.clock = ticking
+        yield self.started_handler()
+        ticking.step = 0.0
+        ticking.advance(1)
+        self.assertEqual([c[0][0] for c in CALLS], list(range(10)))
+
+    @inlineCallbacks
     def test_paused_task_past_due_is_not_stale_and_runs_when_unpaused(self):
         for persistent in BOTH:
             CALLS.clear()
@@ -493,3 +508,15 @@ class HandlerWithoutStorageTests(TestCase):
         first = tasks.get_handler()
         self.assertIs(tasks.get_handler(), first)
         self.assertEqual(first.stale_timeout, 60.0)
+
+
+class _TickingClock(Clock):
+    """A Clock whose time moves on by ``step`` each time it is read."""
+
+    def __init__(self, step: float) -> None:
+        super().__init__()
+        self.step = step
+
+    def seconds(self) -> float:
+        self.rightNow += self.step
+        return self.rightNow
