@@ -9,8 +9,8 @@ Each system runs in a fresh interpreter, with 2 workers, warm:
 - echo: a 1 MiB bytes object there and back, MiB per second.
 
 Then procpool's own goals: how late a 1 s ``proc_timeout`` fires, the
-reactor's lag while every worker burns CPU, and what recycling every 500
-tasks costs in throughput.
+reactor's lag while every worker burns CPU, and what recycling costs in
+throughput (at the default of 10,000 tasks, and at ampoule's 500).
 
 Peers: plain ampoule (24.10, recycling off; its values are capped at 64 KiB,
 so its echo sends 1 MiB as 16 calls), ``concurrent.futures.ProcessPoolExecutor``
@@ -43,8 +43,22 @@ def _percentiles(samples: list[float]) -> tuple[float, float]:
     return (samples[len(samples) // 2] * 1e6, samples[int(len(samples) * 0.99)] * 1e6)
 
 
+def _in_reactor(run, out: dict) -> dict:
+    """Run the Deferred-returning ``run`` under the reactor; errors land in ``out``."""
+    from twisted.internet import reactor
+
+    def go():
+        d = run()
+        d.addErrback(lambda f: out.setdefault("error", f.getTraceback()))
+        d.addBoth(lambda _: reactor.stop())
+
+    reactor.callWhenRunning(go)
+    reactor.run()
+    return out
+
+
 def _twisted_bench(make_pool, call_noop, call_echo, stop) -> dict:
-    from twisted.internet import defer, reactor
+    from twisted.internet import defer
 
     out: dict = {}
 
@@ -75,14 +89,7 @@ def _twisted_bench(make_pool, call_noop, call_echo, stop) -> dict:
         out["echo_mib_s"] = ECHOES / (time.perf_counter() - t)
         yield stop(pool)
 
-    def go():
-        d = run()
-        d.addErrback(lambda f: out.setdefault("error", f.getTraceback()))
-        d.addBoth(lambda _: reactor.stop())
-
-    reactor.callWhenRunning(go)
-    reactor.run()
-    return out
+    return _in_reactor(run, out)
 
 
 def bench_procpool() -> dict:
@@ -219,14 +226,7 @@ def bench_procpool_extras() -> dict:
         out["recycling_cost_pct"] = 100 * (1 - out["burst_recycle_10000"] / base)
         out["recycling_500_cost_pct"] = 100 * (1 - out["burst_recycle_500"] / base)
 
-    def go():
-        d = run()
-        d.addErrback(lambda f: out.setdefault("error", f.getTraceback()))
-        d.addBoth(lambda _: reactor.stop())
-
-    reactor.callWhenRunning(go)
-    reactor.run()
-    return out
+    return _in_reactor(run, out)
 
 
 SYSTEMS = {"procpool": bench_procpool, "ampoule": bench_ampoule,
