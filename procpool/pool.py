@@ -304,6 +304,7 @@ def worker_environment() -> dict[str, str]:
         if name in settings._given:
             env[name] = "" if value is None else str(value)
     env["PROCPOOL_MAX_PAYLOAD"] = str(settings.get("PROCPOOL_MAX_PAYLOAD"))
+    env["PROCPOOL_SPIN"] = str(settings.get("PROCPOOL_SPIN"))
     if settings.get("PROCPOOL_TUNE_MALLOC") and "GLIBC_TUNABLES" not in env:
         env["GLIBC_TUNABLES"] = (f"glibc.malloc.mmap_threshold={_MMAP_THRESHOLD}:"
                                  f"glibc.malloc.trim_threshold={_TRIM_THRESHOLD}")

@@ -139,6 +139,9 @@ SETTINGS: dict[str, Setting] = {s.name: s for s in [
             "Largest argument or result, in bytes, that may cross to or from a worker."),
     Setting("PROCPOOL_START_TIMEOUT", 30.0, _float(0.1),
             "Seconds a new worker has to answer before it counts as failed to start."),
+    Setting("PROCPOOL_SPIN", 0.0002, _float(0.0),
+            "Seconds an idle worker polls for its next task before it sleeps (halves the "
+            "round trip on an idle machine; costs at most this much CPU per task); 0: off."),
     Setting("PROCPOOL_TUNE_MALLOC", True, _bool,
             "Keep freed buffers of up to 32 MiB in the heap (glibc), in the host and the "
             "workers, so big payloads do not page-fault; false leaves malloc alone."),

@@ -227,6 +227,18 @@ class MallocTuning(s.PoolTestCase):
                          os.environ.get("GLIBC_TUNABLES"))
 
 
+class Spinning(s.PoolTestCase):
+    @defer.inlineCallbacks
+    def test_workers_poll_briefly_by_default_and_not_at_all_when_told(self):
+        self.assertEqual((yield procpool.run_async(s.env_value, "PROCPOOL_SPIN")), "0.0002")
+        procpool.configure(PROCPOOL_SPIN=0)
+        pool = ProcessPool(min_workers=1, max_workers=1)
+        self.addCleanup(pool.stop)
+        yield pool.start()
+        self.assertEqual((yield pool.submit_call(s.env_value, "PROCPOOL_SPIN")), "0")
+        self.assertEqual((yield pool.submit_call(s.add, 2, 3)), 5)
+
+
 class Deaths(s.PoolTestCase):
     """Defect 5: clean exits mid-call went unnoticed; idle deaths left the pool short."""
 
