@@ -58,6 +58,7 @@ import pickle
 import signal
 import sys
 import time
+import types
 from collections import deque
 from typing import Any
 
@@ -128,7 +129,7 @@ class _Worker(protocol.ProcessProtocol):
         self.started: defer.Deferred = defer.Deferred()
         self.start_timer: Any = None
         self.stderr_tail: deque[str] = deque(maxlen=40)
-        self._partial = {1: b"", 2: b""}
+        self._partial: dict[int, bytes] = {1: b"", 2: b""}
 
     @property
     def depth(self) -> int:
@@ -160,9 +161,17 @@ class _Worker(protocol.ProcessProtocol):
             self.pool._worker_closing(self)
 
     def _output(self, fd: int, data: bytes) -> None:
-        text = self._partial[fd] + data
-        *lines, self._partial[fd] = text.split(b"\n")
+        text = self._partial[fd] + data.replace(b"\r", b"\n")
+        *lines, rest = text.split(b"\n")
+        if len(rest) > _MAX_LINE:
+            # Output with no newline (a progress bar, a binary blob): log it in
+            # pieces rather than hold it and re-join it on every read.
+            lines.append(rest[:_MAX_LINE] + b" [cut]")
+            rest = b""
+        self._partial[fd] = rest
         for raw in lines:
+            if not raw:
+                continue
             line = raw.decode("utf-8", "replace").rstrip("\r")
             if fd == 2:
                 self.stderr_tail.append(line)
@@ -170,7 +179,35 @@ class _Worker(protocol.ProcessProtocol):
             else:
                 log.info("worker {pid}: {line}", pid=self.pid, line=line)
 
+    def processExited(self, reason: Failure) -> None:
+        # The worker is dead, but anything it started may still hold its
+        # stdout/stderr (or more) open, and Twisted calls processEnded only
+        # when every pipe has closed. Settle now: read what the worker wrote
+        # before it died, then stop listening to its pipes.
+        reader = getattr(self.transport, "pipes", {}).get(4)
+        fd = getattr(reader, "fd", None)
+        if fd is not None:
+            while True:
+                try:
+                    data = os.read(fd, _READ_SIZE)
+                except (BlockingIOError, InterruptedError, OSError):
+                    break
+                if not data:
+                    break
+                self.childDataReceived(4, data)
+        self._settle(reason)
+        for child_fd in (1, 2, 3, 4):
+            try:
+                self.transport.closeChildFD(child_fd)
+            except Exception:
+                pass
+
     def processEnded(self, reason: Failure) -> None:
+        self._settle(reason)
+
+    def _settle(self, reason: Failure) -> None:
+        if self.dead:
+            return
         for fd in (1, 2):
             if self._partial[fd]:
                 self._output(fd, b"\n")
@@ -211,6 +248,7 @@ class _Worker(protocol.ProcessProtocol):
 
 
 _READ_SIZE = 256 * 1024
+_MAX_LINE = 16 * 1024
 
 
 def _read_in_large_pieces(transport: Any) -> None:
@@ -407,6 +445,7 @@ class ProcessPool:
         if settings.get("PROCPOOL_TUNE_MALLOC"):
             tune_malloc()
         env = worker_environment()
+        env["PROCPOOL_MAX_PAYLOAD"] = str(self.max_payload)
         # The worker drops to PROCPOOL_UID/GID itself once it has started:
         # switching before exec fails wherever that user cannot read the
         # interpreter (a Python under /root, a private virtualenv).
@@ -505,6 +544,11 @@ class ProcessPool:
                 d = deferred if deferred is not None else defer.Deferred()
                 d.errback(PoolStopped())
                 return d
+        if timeout is not None:
+            if not timeout == timeout or timeout < 0:
+                raise ValueError(f"timeout must be zero or more seconds, got {timeout!r}")
+            if timeout == 0:
+                timeout = None  # no limit (ampoule killed at once, pool.md defect 3)
         size = len(payload)
         if size > self.max_payload:
             raise PayloadTooLarge("the task's arguments", size, self.max_payload)
@@ -575,8 +619,8 @@ class ProcessPool:
 
     def _recycle(self, worker: _Worker) -> None:
         """Start a successor; the old worker keeps working until it answers (hides the start)."""
-        if self.state != "running":
-            return
+        if self.state != "running" or self._start_failures or self._respawn_call is not None:
+            return  # workers are failing to start: keep this one rather than churn
         successor = self._spawn()
         worker.successor = successor
         successor.replaces = worker
@@ -637,7 +681,11 @@ class ProcessPool:
                 task.deferred.callback(result)
         else:
             self.counters["tasks_failed"] += 1
-            task.deferred.errback(_remote_exception(box, payload, self.max_payload))
+            try:
+                error = _remote_exception(box, payload)
+            except Exception as exc:  # the task must settle whatever the box held
+                error = RemoteError("unknown", f"the worker's error could not be read: {exc!r}")
+            task.deferred.errback(error)
         if self._queue:
             self._pump()
 
@@ -673,7 +721,20 @@ class ProcessPool:
         except Exception as exc:
             self._workers.remove(worker)
             self._starting -= 1
-            worker.started.errback(WorkerStartError(f"could not start a worker: {exc}"))
+            self._start_failures += 1
+            self.counters["workers_failed_to_start"] += 1
+            error = WorkerStartError(f"could not start a worker process: {exc}")
+            log.error("{error}", error=str(error))
+            worker.started.errback(error)
+            if self.state == "running":
+                if not self._ready and not self._starting:
+                    queued = list(self._queue)
+                    self._queue.clear()
+                    for task in queued:
+                        task.deferred.errback(error)
+                if self._respawn_call is None:
+                    wait = min(30.0, 0.5 * 2 ** (self._start_failures - 1))
+                    self._respawn_call = self.clock.callLater(wait, self._respawn)
             return worker
         worker.start_timer = self.clock.callLater(self.start_timeout, self._start_overdue, worker)
         return worker
@@ -684,9 +745,12 @@ class ProcessPool:
             log.error("worker {pid} did not answer within {s} s; killing it",
                       pid=worker.pid, s=self.start_timeout)
             worker.stderr_tail.append(f"(no answer within {self.start_timeout:g} s)")
+            worker.closing = True
             worker.kill_group()
 
     def _worker_ready(self, worker: _Worker) -> None:
+        if worker.closing or worker.killed:
+            return  # killed for starting too slowly; its end is settled as a failed start
         worker.ready = True
         self._starting -= 1
         self._start_failures = 0
@@ -702,6 +766,7 @@ class ProcessPool:
             if old is not None and not old.dead and not old.retiring:
                 self._retire(old, recycled=True)
             worker.started.callback(None)
+            self._replenish()
             self._pump()
         else:
             worker.close_input()
@@ -784,8 +849,10 @@ class ProcessPool:
             self.counters["workers_crashed"] += 1
             log.warn("worker {pid} died while running a task (exit code {code}, signal {sig})",
                      pid=worker.pid, code=exitcode, sig=signum)
-            first.deferred.errback(WorkerCrashed(worker.pid, exitcode, signum))
+            # Put the tasks that never started back first: the errback may
+            # stop the pool, which must then fail them rather than lose them.
             self._queue.extendleft(reversed(inflight[1:]))
+            first.deferred.errback(WorkerCrashed(worker.pid, exitcode, signum))
         elif not worker.retiring and not worker.killed:
             self.counters["workers_crashed"] += 1
             log.warn("idle worker {pid} died (exit code {code}, signal {sig})",
@@ -793,11 +860,12 @@ class ProcessPool:
         if self.state == "running":
             self._replenish()
             self._pump()
-        elif self.state == "stopping":
-            for task in self._queue:
-                task.deferred.errback(PoolStopped())
+        else:
+            queued = list(self._queue)
             self._queue.clear()
-            if not self._workers:
+            for task in queued:
+                task.deferred.errback(PoolStopped())
+            if self.state == "stopping" and not self._workers:
                 self._finish_stop()
 
     def _reap_interval(self) -> float:
@@ -867,6 +935,7 @@ def _chain(d: defer.Deferred) -> defer.Deferred:
 
 
 _PLAIN = frozenset([bytes, bytearray, str, int, float, bool, type(None), complex])
+_FUNCTIONS = (types.FunctionType, types.BuiltinFunctionType)
 
 
 def _may_name_main(obj: Any) -> bool:
@@ -875,8 +944,8 @@ def _may_name_main(obj: Any) -> bool:
         head, *rest = obj
         if getattr(head, "__module__", None) == "__main__":
             return True
-        if not callable(head) and type(head) not in _PLAIN:
-            return True
+        if type(head) not in _PLAIN and not isinstance(head, _FUNCTIONS):
+            return True  # a partial, a callable object...: scan its pickle
         for part in rest:
             values = part.values() if type(part) is dict else part
             if type(values) not in (tuple, type({}.values())):
@@ -911,11 +980,13 @@ def dumps(obj: Any, what: str) -> bytes:
                                  f"{type(exc).__name__}: {exc}") from exc
 
 
-def _remote_exception(box: dict[bytes, bytes], payload: bytes, cap: int) -> BaseException:
-    code = box.get(b"_error_code", b"")
-    description = box.get(b"_error_description", b"").decode("utf-8", "replace")
+def _remote_exception(box: dict[bytes, Any], payload: Any) -> BaseException:
+    # Values over 2 KiB arrive as memoryviews (workers/wire.py): copy the small fields.
+    code = bytes(box.get(b"_error_code", b""))
+    description = bytes(box.get(b"_error_description", b"")).decode("utf-8", "replace")
     if code == b"TOO_LARGE":
-        return PayloadTooLarge("the task's result", int(description or 0), cap)
+        size, _, cap = description.partition("/")
+        return PayloadTooLarge("the task's result", int(size or 0), int(cap or 0))
     if code == b"UNSERIALIZABLE":
         return SerializationError(description)
     try:

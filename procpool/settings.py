@@ -128,7 +128,7 @@ SETTINGS: dict[str, Setting] = {s.name: s for s in [
     Setting("PROCPOOL_TIMEOUT", None, _float(0.0, optional=True),
             "Default proc_timeout in seconds for each run; none means no limit."),
     Setting("PROCPOOL_IDLE", 20.0, _float(0.0),
-            "Seconds an idle worker above the minimum lives before it stops."),
+            "Seconds an idle worker above the minimum lives before it stops; 0 keeps them."),
     Setting("PROCPOOL_DIRECTORY", None, _str(optional=True),
             "Working directory of the workers; none keeps the host's."),
     Setting("PROCPOOL_UID", None, _id, "Run workers as this user (needs root)."),
@@ -198,8 +198,9 @@ def configure(**values: Any) -> None:
     Set one or more settings in code; each is validated before any is kept.
 
     Example: ``procpool.configure(PROCPOOL_MIN_NPROC=1, PROCPOOL_TIMEOUT=10)``.
-    A running pool picks up new values for the settings it reads per call
-    (timeouts, payload cap); pool sizes take effect at the next start.
+    ``run_async`` reads ``PROCPOOL_ENABLED`` and ``PROCPOOL_TIMEOUT`` per
+    call; the pool's own settings (sizes, payload cap, ...) take effect when
+    a pool starts.
     """
     checked = {name: _check(name, value) for name, value in values.items()}
     merged = snapshot()

@@ -165,3 +165,25 @@ class PoolTestCase(unittest.TestCase):
         folder = tempfile.mkdtemp(prefix="procpool-test-")
         self.addCleanup(shutil.rmtree, folder, True)
         return os.path.join(folder, "tmp")
+
+
+def raise_long_message(n: int) -> None:
+    """Raise a ValueError whose message is ``n`` characters long."""
+    raise ValueError("x" * n)
+
+
+def start_sleeper(seconds: int, new_session: bool = False) -> int:
+    """Start `sleep` (it inherits the worker's stdout/stderr) and return its pid."""
+    child = subprocess.Popen(["sleep", str(seconds)], start_new_session=new_session)
+    return child.pid
+
+
+def write_without_newlines(n: int) -> int:
+    """Write ``n`` bytes to stdout with no newline, like a progress bar."""
+    import sys
+    out = sys.stdout.buffer if hasattr(sys.stdout, "buffer") else sys.stdout
+    chunk = b"#" * 65536
+    for _ in range(n // len(chunk)):
+        out.write(chunk)
+    out.flush()
+    return n

@@ -122,7 +122,7 @@ def answer(ask: bytes, kind: bytes, payload: bytes, cap: int) -> list:
                           f"the result, of type {type(result).__name__}, could not be "
                           f"serialised: {exc}")
     if len(data) > cap:
-        return _error_box(ask, b"TOO_LARGE", str(len(data)))
+        return _error_box(ask, b"TOO_LARGE", f"{len(data)}/{cap}")
     return wire.encode_box({b"_answer": ask, b"p": data})
 
 
@@ -214,6 +214,8 @@ def main() -> None:
     except OSError:
         pass
     _widen_pipes()
+    for fd in (FD_IN, FD_OUT):
+        os.set_inheritable(fd, False)  # a process a task starts must not hold the wire
     _drop_privileges()  # before PDEATHSIG: a change of credentials clears it
     _die_with_parent()
     # What tasks print goes to the host's log; keep it line-buffered.

@@ -1,0 +1,147 @@
+"""Regression tests for defects found in review of the pool (each failed before its fix)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+from twisted.internet import defer
+
+from procpool import PayloadTooLarge, PoolStopped, WorkerCrashed
+from procpool.pool import ProcessPool
+from tests import core_support as s
+
+MiB = 1024 * 1024
+
+
+class Review(s.PoolTestCase):
+    def _pool(self, **kwargs):
+        pool = ProcessPool(**kwargs)
+        self.addCleanup(pool.stop, 2)
+        return pool
+
+    @defer.inlineCallbacks
+    def test_an_exception_with_a_long_message_still_settles_the_task(self):
+        with self.assertRaises(ValueError) as caught:
+            yield self.pool.submit_call(s.raise_long_message, 3000)
+        self.assertEqual(len(str(caught.exception).splitlines()[0]), 3000)
+
+    @defer.inlineCallbacks
+    def test_a_crash_is_reported_at_once_though_a_grandchild_holds_the_pipes(self):
+        sleeper = yield self.pool.submit_call(s.start_sleeper, 30)
+        self.addCleanup(lambda: s.alive(sleeper) and os.kill(sleeper, signal.SIGKILL))
+        started = time.monotonic()
+        with self.assertRaises(WorkerCrashed):
+            yield self.pool.submit_call(s.exit_now, 3)
+        self.assertLess(time.monotonic() - started, 5)
+
+    @defer.inlineCallbacks
+    def test_stop_ends_though_a_grandchild_in_its_own_session_holds_the_pipes(self):
+        pool = self._pool(min_workers=1, max_workers=1)
+        yield pool.start()
+        sleeper = yield pool.submit_call(s.start_sleeper, 30, True)
+        self.addCleanup(lambda: s.alive(sleeper) and os.kill(sleeper, signal.SIGKILL))
+        running = pool.submit_call(s.sleep, 30)
+        started = time.monotonic()
+        yield pool.stop(grace=0.5)
+        self.assertLess(time.monotonic() - started, 5)
+        with self.assertRaises(PoolStopped):
+            yield running
+
+    @defer.inlineCallbacks
+    def test_the_pool_returns_to_its_minimum_after_start_failures(self):
+        folder = self.mktemp()
+        os.makedirs(folder)
+        pool = self._pool(min_workers=2, max_workers=2, directory=folder)
+        yield pool.start()
+        os.rename(folder, folder + ".away")
+        for pid in pool.stats()["pids"]:
+            os.kill(pid, signal.SIGKILL)
+        yield s.wait_until(lambda: pool.stats()["workers_failed_to_start"] >= 2, 10)
+        os.rename(folder + ".away", folder)
+        back = yield s.wait_until(lambda: pool.stats()["idle"] == 2, 20)
+        self.assertTrue(back, pool.stats())
+        self.flushLoggedErrors()
+
+    @defer.inlineCallbacks
+    def test_tasks_behind_a_crash_are_not_lost_when_at_err_stops_the_pool(self):
+        pool = self._pool(min_workers=1, max_workers=1)
+        yield pool.start()
+        yield defer.gatherResults([pool.submit_call(s.add, i) for i in range(200)])
+        before = [pool.submit_call(s.add, i) for i in range(3)]
+        crash = pool.submit_call(s.exit_now, 5)
+        crash.addErrback(lambda f: pool.stop())
+        after = [pool.submit_call(s.add, i) for i in range(20)]
+        yield crash
+        settled = yield defer.DeferredList(before + after, consumeErrors=True)
+        self.assertEqual(len(settled), 23)
+        for ok, value in settled:
+            self.assertTrue(ok or value.check(PoolStopped), value)
+
+    @defer.inlineCallbacks
+    def test_workers_use_the_pools_payload_cap_not_the_settings(self):
+        pool = self._pool(min_workers=1, max_workers=1, max_payload=MiB)
+        yield pool.start()
+        with self.assertRaises(PayloadTooLarge) as caught:
+            yield pool.submit_call(s.sized, 8 * MiB)
+        self.assertEqual(caught.exception.cap, MiB)
+        self.assertEqual((yield pool.submit_call(s.add, 1, 1)), 2)
+
+    @defer.inlineCallbacks
+    def test_output_without_newlines_costs_the_host_little(self):
+        started = time.monotonic()
+        yield self.pool.submit_call(s.write_without_newlines, 24 * MiB)
+        self.assertLess(time.monotonic() - started, 10)
+        self.assertTrue(all(len(p) <= 16 * 1024 for w in self.pool._workers
+                            for p in w._partial.values()))
+
+    @defer.inlineCallbacks
+    def test_recycling_does_not_churn_while_workers_cannot_start(self):
+        folder = self.mktemp()
+        os.makedirs(folder)
+        pool = self._pool(min_workers=1, max_workers=1, directory=folder, recycle=5)
+        yield pool.start()
+        os.rename(folder, folder + ".away")
+        self.addCleanup(lambda: os.path.exists(folder + ".away")
+                        and os.rename(folder + ".away", folder))
+        results = []
+        for i in range(60):
+            results.append((yield pool.submit_call(s.add, i)))
+        self.assertEqual(results, list(range(60)))
+        self.assertLessEqual(pool.stats()["workers_failed_to_start"], 3)
+        self.flushLoggedErrors()
+
+    def test_zero_and_bad_timeouts_on_submit(self):
+        with self.assertRaises(ValueError):
+            self.pool.submit(b"c", b"x", timeout=-1)
+
+    @defer.inlineCallbacks
+    def test_submit_timeout_zero_means_no_limit(self):
+        import pickle
+        result = yield self.pool.submit(b"c", pickle.dumps((s.sleep, (0.3,), {})), timeout=0)
+        self.assertEqual(result, 0.3)
+
+    def test_a_partial_of_a_main_function_goes_through_dill(self):
+        code = textwrap.dedent("""
+            import functools, procpool
+            from twisted.internet import reactor
+            procpool.configure(PROCPOOL_MIN_NPROC=1, PROCPOOL_MAX_NPROC=1)
+            def triple(x, y):
+                return x * y
+            out = []
+            def go():
+                d = procpool.run_async(functools.partial(triple, 3), 7)
+                d.addBoth(out.append)
+                d.addBoth(lambda _: procpool.stop())
+                d.addBoth(lambda _: reactor.stop())
+            reactor.callWhenRunning(go)
+            reactor.run()
+            print(out)
+        """)
+        done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                              timeout=60)
+        self.assertEqual(done.stdout.strip(), "[21]", done.stderr[-2000:])
