@@ -416,6 +416,7 @@ class ProcessPool:
         self._ready: list[_Worker] = []
         self._starting = 0
         self._start_failures = 0
+        self._recycle_not_before = 0.0
         self._respawn_call: Any = None
         self._reaper: Any = None
         self._shutdown_trigger: Any = None
@@ -619,14 +620,18 @@ class ProcessPool:
 
     def _recycle(self, worker: _Worker) -> None:
         """Start a successor; the old worker keeps working until it answers (hides the start)."""
-        if self.state != "running" or self._start_failures or self._respawn_call is not None:
+        if (self.state != "running" or self._respawn_call is not None
+                or self.clock.seconds() < self._recycle_not_before):
             return  # workers are failing to start: keep this one rather than churn
         successor = self._spawn()
         worker.successor = successor
         successor.replaces = worker
 
         def failed(_: Failure) -> None:
-            worker.successor = None  # try again after the next task
+            # Keep the old worker; try again after a growing pause.
+            worker.successor = None
+            wait = min(30.0, 0.5 * 2 ** max(0, self._start_failures - 1))
+            self._recycle_not_before = self.clock.seconds() + wait
 
         successor.started.addErrback(failed)
 

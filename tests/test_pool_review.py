@@ -9,7 +9,7 @@ import sys
 import textwrap
 import time
 
-from twisted.internet import defer
+from twisted.internet import defer, reactor, task
 
 from procpool import PayloadTooLarge, PoolStopped, WorkerCrashed
 from procpool.pool import ProcessPool
@@ -108,16 +108,29 @@ class Review(s.PoolTestCase):
         os.rename(folder, folder + ".away")
         self.addCleanup(lambda: os.path.exists(folder + ".away")
                         and os.rename(folder + ".away", folder))
+        # 2 s of tasks: a successor's failure is noticed well within it.
         results = []
-        for i in range(60):
-            results.append((yield pool.submit_call(s.add, i)))
-        self.assertEqual(results, list(range(60)))
-        self.assertLessEqual(pool.stats()["workers_failed_to_start"], 3)
+        for _ in range(40):
+            results.append((yield pool.submit_call(s.sleep, 0.05)))
+        self.assertEqual(results, [0.05] * 40)
+        failures = pool.stats()["workers_failed_to_start"]
+        self.assertGreaterEqual(failures, 1)   # it did try to recycle
+        self.assertLessEqual(failures, 4)      # ... and backed off (0.5, 1, 2 s)
+        # Once workers can start again, recycling resumes after the pause.
+        os.rename(folder + ".away", folder)
+        first = pool.stats()["pids"]
+        yield task.deferLater(reactor, 2.5, lambda: None)
+        for i in range(10):
+            yield pool.submit_call(s.add, i)
+        moved = yield s.wait_until(lambda: pool.stats()["pids"] != first, 10)
+        self.assertTrue(moved, pool.stats())
         self.flushLoggedErrors()
 
-    def test_zero_and_bad_timeouts_on_submit(self):
-        with self.assertRaises(ValueError):
-            self.pool.submit(b"c", b"x", timeout=-1)
+    def test_negative_and_nan_timeouts_on_submit_are_refused(self):
+        for bad in (-1, float("nan")):
+            with self.assertRaises(ValueError, msg=repr(bad)):
+                self.pool.submit(b"c", b"x", timeout=bad)
+        self.assertEqual(self.pool.stats()["queued"], 0)
 
     @defer.inlineCallbacks
     def test_submit_timeout_zero_means_no_limit(self):
