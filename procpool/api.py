@@ -1,31 +1,29 @@
 """
 ``run_async`` and the process-wide pool's lifecycle (``start``, ``stop``, ``stats``).
 
-See procpool/pool.py for the drawing of the path one call takes.
+``run_async`` is the first stage of the drawing at the top of
+procpool/pool.py: it takes the reserved keyword arguments out, refuses bad
+input synchronously, serialises the work and hands it to one of three
+places: the process pool (the default), the reactor's thread pool
+(``use_thread``) or the sandbox (``sandbox=True``). Whichever runs it, the
+caller gets the same :class:`~procpool.results.AsyncResult`.
 """
 
 from __future__ import annotations
 
-import importlib.util
-import math
-import sys
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 from twisted.internet import defer
 from twisted.python.failure import Failure
 
-from procpool import settings
+from procpool import _codec, _services, settings, tasks
 from procpool.errors import PoolStopped, ProcPoolTimeout
-from procpool.pool import ProcessPool, dumps
-from procpool.results import AsyncResult
+from procpool.pool import ProcessPool
+from procpool.results import AsyncResult, _attach_callbacks, _gather
 from workers.source import run_source
 
-__all__ = ["run_async", "start", "stop", "stats", "get_pool", "attach_callbacks", "AsyncResult"]
-
-
-RESERVED = ("at_return", "at_return_kwargs", "at_err", "at_err_kwargs", "use_thread",
-            "proc_timeout", "sandbox")
+__all__ = ["run_async", "start", "stop", "stats", "get_pool"]
 
 _pool: ProcessPool | None = None
 _stopped = False  # procpool.stop() was called, and procpool.start() not since
@@ -34,7 +32,9 @@ _stopped = False  # procpool.stop() was called, and procpool.start() not since
 def get_pool() -> ProcessPool:
     """
     The process-wide pool (created, not started, on first use). Asking for it
-    after :func:`stop` gives a fresh pool, and ``run_async`` works again.
+    after :func:`stop` gives a fresh pool, and ``run_async`` works again::
+
+        procpool.get_pool().stats()["workers"]
     """
     global _pool, _stopped
     if _pool is None or _pool.state in ("stopping", "stopped"):
@@ -43,18 +43,29 @@ def get_pool() -> ProcessPool:
     return _pool
 
 
-def _timeout(value: Any) -> float | None:
-    if value is None:
-        value = settings.cached("PROCPOOL_TIMEOUT")
-        if value is None:
-            return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ValueError(f"proc_timeout must be a number of seconds or None, got {value!r}")
-    if math.isnan(value) or value < 0:
-        raise ValueError(f"proc_timeout must be zero or more seconds, got {value!r}")
-    if value == 0 or math.isinf(value):
-        return None  # no limit (ampoule killed at once on 0, pool.md defect 3)
-    return float(value)
+class _Options(NamedTuple):
+    """The reserved keyword arguments of one ``run_async`` call, checked."""
+
+    at_return: Callable[..., Any] | None
+    at_return_kwargs: dict[str, Any]
+    at_err: Callable[..., Any] | None
+    at_err_kwargs: dict[str, Any]
+    use_thread: bool
+    proc_timeout: Any          # as given (None: not given); checked where it is used
+    sandbox: bool
+
+
+def _take_options(kwargs: dict[str, Any]) -> _Options:
+    """Remove the reserved keyword arguments from ``kwargs``; refuse bad ones."""
+    return _Options(
+        at_return=_optional_callable("at_return", kwargs.pop("at_return", None)),
+        at_return_kwargs=_optional_dict("at_return_kwargs", kwargs.pop("at_return_kwargs", None)),
+        at_err=_optional_callable("at_err", kwargs.pop("at_err", None)),
+        at_err_kwargs=_optional_dict("at_err_kwargs", kwargs.pop("at_err_kwargs", None)),
+        use_thread=bool(kwargs.pop("use_thread", False)),
+        proc_timeout=kwargs.pop("proc_timeout", None),
+        sandbox=bool(kwargs.pop("sandbox", False)),
+    )
 
 
 def _optional_callable(name: str, value: Any) -> Callable[..., Any] | None:
@@ -71,96 +82,85 @@ def _optional_dict(name: str, value: Any) -> dict[str, Any]:
     return value
 
 
-def run_async(to_execute: Callable[..., Any] | str, *args: Any, **kwargs: Any) -> defer.Deferred:
+def _describe(to_execute: Any, args: tuple[Any, ...]) -> str:
+    """What the work is called in errors and logs; refuses what cannot run."""
+    if isinstance(to_execute, str):
+        if args:
+            raise TypeError("a source string takes keyword arguments only (its globals), "
+                            f"not {len(args)} positional argument(s)")
+        return "source string"
+    if callable(to_execute):
+        return getattr(to_execute, "__qualname__", None) or repr(to_execute)
+    raise TypeError(f"run_async needs a callable or a string of Python source, not "
+                    f"{type(to_execute).__name__} ({repr(to_execute)[:60]})")
+
+
+def run_async(to_execute: Callable[..., Any] | str, *args: Any, **kwargs: Any) -> AsyncResult:
     """
     Run a callable or a string of Python source in a worker process.
 
-    Returns a Deferred that fires, in the reactor thread, with the result.
-    Reserved keyword arguments (never passed on): ``at_return(result,
-    **at_return_kwargs)``, ``at_err(failure, **at_err_kwargs)``,
-    ``use_thread`` (run in the reactor's thread pool instead),
-    ``proc_timeout`` (seconds; kill the worker's process group past it) and
-    ``sandbox`` (run an untrusted source string in the sandbox; there
-    ``caller`` names the player whose quota it counts against). Other
-    keyword arguments go to the callable, or become a source string's
-    globals; a source hands values back with ``_return(value)``::
+    Returns an :class:`~procpool.results.AsyncResult` (a Deferred) that
+    fires, in the reactor thread, with the result. Reserved keyword
+    arguments (never passed on): ``at_return(result, **at_return_kwargs)``,
+    ``at_err(failure, **at_err_kwargs)``, ``use_thread`` (run in the
+    reactor's thread pool instead), ``proc_timeout`` (seconds; kill the
+    worker's process group past it) and ``sandbox`` (run an untrusted
+    source string in the sandbox; there ``caller`` names the player whose
+    quota it counts against). Other keyword arguments go to the callable,
+    or become a source string's globals; a source hands values back with
+    ``_return(value)``::
 
         run_async("_return(testvar + 5)", at_return=print, testvar=3)   # prints 8
 
     With no ``at_err``, a failure is logged once, unless you chained an
     errback of your own on the returned Deferred, which then receives it.
     """
-    at_return = _optional_callable("at_return", kwargs.pop("at_return", None))
-    at_return_kwargs = _optional_dict("at_return_kwargs", kwargs.pop("at_return_kwargs", None))
-    at_err = _optional_callable("at_err", kwargs.pop("at_err", None))
-    at_err_kwargs = _optional_dict("at_err_kwargs", kwargs.pop("at_err_kwargs", None))
-    use_thread = bool(kwargs.pop("use_thread", False))
-    timeout = _timeout(kwargs.pop("proc_timeout", None))
-    sandboxed = bool(kwargs.pop("sandbox", False))
+    options = _take_options(kwargs)
+    what = _describe(to_execute, args)
+    if options.sandbox:
+        d = _in_sandbox(to_execute, kwargs, options.proc_timeout)
+    elif options.use_thread or not settings.cached("PROCPOOL_ENABLED"):
+        d = _in_thread(to_execute, args, kwargs, _timeout(options.proc_timeout))
+    elif _stopped:
+        d = defer.fail(PoolStopped("procpool.stop() was called; call procpool.start() to "
+                                   "run more work"))
+    else:
+        d = _in_pool(to_execute, args, kwargs, _timeout(options.proc_timeout), what)
+    return _attach_callbacks(d, options.at_return, options.at_return_kwargs,
+                             options.at_err, options.at_err_kwargs, what)
 
+
+def _timeout(given: Any) -> float | None:
+    if given is None:
+        return settings.cached("PROCPOOL_TIMEOUT")
+    return settings.check_timeout(given)
+
+
+def _in_pool(to_execute: Any, args: tuple[Any, ...], kwargs: dict[str, Any],
+             timeout: float | None, what: str) -> defer.Deferred:
     if isinstance(to_execute, str):
-        if args:
-            raise TypeError("a source string takes keyword arguments only (its globals), "
-                            f"not {len(args)} positional argument(s)")
-        what = "source string"
-    elif callable(to_execute):
-        what = getattr(to_execute, "__qualname__", None) or repr(to_execute)
+        kind, payload = b"s", _codec.dumps((to_execute, kwargs),
+                                           "the source string's keyword arguments")
     else:
-        text = repr(to_execute)
-        raise TypeError(f"run_async needs a callable or a string of Python source, not "
-                        f"{type(to_execute).__name__} ({text[:60]})")
-
-    if _stopped and not use_thread and settings.cached("PROCPOOL_ENABLED"):
-        return attach_callbacks(
-            defer.fail(PoolStopped("procpool.stop() was called; call procpool.start() to "
-                                   "run more work")),
-            at_return, at_return_kwargs, at_err, at_err_kwargs, what)
-    if sandboxed:
-        if not isinstance(to_execute, str):
-            raise TypeError("sandbox=True runs source strings only")
-        from sandbox.host import run_sandboxed
-        # `caller` (a character, never JSON) names whose quota the run counts against.
-        caller = kwargs.pop("caller", None)
-        d = run_sandboxed(to_execute, kwargs, timeout=timeout, caller=caller)
-    elif use_thread or not settings.cached("PROCPOOL_ENABLED"):
-        d = _in_thread(to_execute, args, kwargs, timeout)
-    else:
-        pool = get_pool()
-        if isinstance(to_execute, str):
-            payload = dumps((to_execute, kwargs), "the source string's keyword arguments")
-            kind = b"s"
-        else:
-            payload = dumps((to_execute, args, kwargs), f"{what} or its arguments")
-            kind = b"c"
-        # The pool fires the caller's Deferred itself: one Deferred per call.
-        d = pool.submit(kind, payload, timeout, AsyncResult())
-
-    return attach_callbacks(d, at_return, at_return_kwargs, at_err, at_err_kwargs, what)
+        kind, payload = b"c", _codec.dumps((to_execute, args, kwargs), f"{what} or its arguments")
+    # The pool fires the caller's AsyncResult itself: one Deferred per call.
+    return get_pool()._submit(kind, payload, timeout, AsyncResult())
 
 
-def attach_callbacks(d: defer.Deferred, at_return: Callable[..., Any] | None,
-                     at_return_kwargs: dict[str, Any] | None, at_err: Callable[..., Any] | None,
-                     at_err_kwargs: dict[str, Any] | None, what: str) -> AsyncResult:
-    """
-    Hang ``at_return``/``at_err`` on ``d`` the way run_async does, and return
-    the :class:`AsyncResult` the caller gets (shared with ``limited_exec``).
-    """
-    if isinstance(d, AsyncResult) and not d._sealed and not d.called:
-        out = d
-    else:
-        out = AsyncResult()
-        d.chainDeferred(out)
-    if at_return is not None:
-        out.addCallback(lambda result: at_return(result, **(at_return_kwargs or {})))
-    if at_err is not None:
-        out.addErrback(lambda failure: at_err(failure, **(at_err_kwargs or {})))
-        out._sealed = True
-        return out
-    return out.settle_failures(f"run_async: {what}")
+def _in_sandbox(source: Any, kwargs: dict[str, Any], timeout: Any) -> defer.Deferred:
+    if not isinstance(source, str):
+        raise TypeError("sandbox=True runs source strings only")
+    if _stopped and settings.cached("PROCPOOL_ENABLED"):
+        return defer.fail(PoolStopped("procpool.stop() was called; call procpool.start() to "
+                                      "run more work"))
+    from sandbox.host import run_sandboxed
+    # `caller` (a character, never JSON) names whose quota the run counts against.
+    caller = kwargs.pop("caller", None)
+    return run_sandboxed(source, kwargs, timeout=timeout, caller=caller)
 
 
-def _in_thread(to_execute: Any, args: tuple, kwargs: dict, timeout: float | None
-               ) -> defer.Deferred:
+def _in_thread(to_execute: Any, args: tuple[Any, ...], kwargs: dict[str, Any],
+               timeout: float | None) -> defer.Deferred:
     from twisted.internet import reactor, threads
     if isinstance(to_execute, str):
         d = threads.deferToThreadPool(reactor, reactor.getThreadPool(),
@@ -171,8 +171,8 @@ def _in_thread(to_execute: Any, args: tuple, kwargs: dict, timeout: float | None
     if timeout is not None:
         # A thread cannot be killed: the Deferred fails at the limit and the
         # thread's late result is dropped.
-        d.addTimeout(timeout, reactor,
-                     onTimeoutCancel=lambda result, t: Failure(ProcPoolTimeout(t)))
+        d.addTimeout(timeout, reactor, onTimeoutCancel=lambda result, t: Failure(
+            ProcPoolTimeout(t, killed="its thread, which cannot be killed, was abandoned")))
     return d
 
 
@@ -187,14 +187,10 @@ def start() -> defer.Deferred:
     """
     global _stopped
     _stopped = False
-    waits = []
+    waits = [tasks.get_handler().start()]
     if settings.get("PROCPOOL_ENABLED"):
-        waits.append(get_pool().start())
-    if importlib.util.find_spec("procpool.tasks") is not None:
-        from procpool import tasks
-        waits.append(tasks.get_handler().start())
-    d = defer.gatherResults(waits, consumeErrors=True)
-    return d.addCallbacks(lambda _: None, _first_error)
+        waits.insert(0, get_pool().start())
+    return _gather(waits)
 
 
 def stop() -> defer.Deferred:
@@ -203,26 +199,16 @@ def stop() -> defer.Deferred:
     children and the task handler's storage. Registered to run at reactor
     shutdown when the pool starts; fires when every process has ended.
     Until :func:`start` is called again, ``run_async`` fails its Deferred
-    with PoolStopped (threads excepted).
+    with PoolStopped (threads excepted)::
+
+        procpool.stop().addCallback(lambda _: print("every worker has ended"))
     """
     global _stopped
     _stopped = True
-    waits = []
-    if _pool is not None:
-        waits.append(_pool.stop())
-    host = sys.modules.get("sandbox.host")
-    if host is not None and hasattr(host, "stop"):
-        waits.append(defer.maybeDeferred(host.stop))
-    tasks = sys.modules.get("procpool.tasks")
-    if tasks is not None:
-        waits.append(defer.maybeDeferred(tasks.get_handler().stop))
-    d = defer.gatherResults(waits, consumeErrors=True)
-    return d.addCallbacks(lambda _: None, _first_error)
-
-
-def _first_error(failure: Failure) -> Failure:
-    failure.trap(defer.FirstError)
-    return failure.value.subFailure
+    waits = [] if _pool is None else [_pool.stop()]
+    waits += _services.stop_registered()
+    waits.append(defer.maybeDeferred(tasks.get_handler().stop))
+    return _gather(waits)
 
 
 def stats() -> dict[str, Any]:
@@ -233,9 +219,5 @@ def stats() -> dict[str, Any]:
         ['busy', 'idle', 'in_flight']
     """
     if _pool is None:
-        return {"state": "not started", "workers": 0, "busy": 0, "idle": 0, "starting": 0,
-                "queued": 0, "in_flight": 0, "pids": [], "tasks_done": 0, "tasks_failed": 0,
-                "tasks_timed_out": 0, "tasks_crashed": 0, "workers_started": 0,
-                "workers_crashed": 0, "workers_recycled": 0, "workers_failed_to_start": 0,
-                "latency_p50_ms": None, "latency_p99_ms": None}
+        return ProcessPool.figures_before_start()
     return _pool.stats()

@@ -1,20 +1,31 @@
 """
-The errors procpool raises, one class for each thing that can go wrong.
+Every error procpool reports, in one place, one class for each thing that can go wrong.
 
 All derive from :class:`ProcPoolError`, so ``except ProcPoolError`` catches
-every failure that procpool itself reports (the exceptions of your own code
-come back as their own type, or as :class:`RemoteError`)::
+every failure procpool itself reports (the exceptions of your own code come
+back as their own type, or as :class:`RemoteError`)::
 
     >>> from procpool.errors import ProcPoolTimeout
     >>> str(ProcPoolTimeout(1.5))
     'task exceeded its time limit of 1.5 s and its worker was killed'
+
+The families:
+
+- the pool: :class:`ProcPoolTimeout`, :class:`WorkerCrashed`,
+  :class:`WorkerStartError`, :class:`PoolStopped`, :class:`PayloadTooLarge`,
+  :class:`SerializationError`, :class:`RemoteError`;
+- settings: :class:`SettingError`;
+- delays and their storage: :class:`InvalidTask`, :class:`HandlerNotStarted`,
+  :class:`StorageError`, :class:`StorageUnavailable`, :class:`TaskNotStored`;
+- the sandbox: :class:`SandboxError`, :class:`SandboxUnavailable`,
+  :class:`SandboxBusy`.
+
+This module imports nothing but the standard library: anything may import it.
 """
 
 from __future__ import annotations
 
 import signal
-
-from procpool.settings import SettingError
 
 __all__ = [
     "ProcPoolError",
@@ -26,6 +37,14 @@ __all__ = [
     "RemoteError",
     "SerializationError",
     "SettingError",
+    "InvalidTask",
+    "HandlerNotStarted",
+    "StorageError",
+    "StorageUnavailable",
+    "TaskNotStored",
+    "SandboxError",
+    "SandboxUnavailable",
+    "SandboxBusy",
 ]
 
 
@@ -33,11 +52,19 @@ class ProcPoolError(Exception):
     """Base class of every error procpool reports about itself."""
 
 
-class ProcPoolTimeout(ProcPoolError):
-    """A run took longer than its ``proc_timeout``; its worker's process group was killed."""
+# -- the pool -----------------------------------------------------------------
 
-    def __init__(self, limit: float) -> None:
-        super().__init__(f"task exceeded its time limit of {limit:g} s and its worker was killed")
+class ProcPoolTimeout(ProcPoolError):
+    """
+    A run took longer than its ``proc_timeout``; its worker's process group was killed.
+
+    ``limit`` is the limit in seconds. A run in a thread (``use_thread=True``)
+    cannot be killed: its Deferred fails at the limit and the thread's late
+    result is dropped.
+    """
+
+    def __init__(self, limit: float, killed: str = "its worker was killed") -> None:
+        super().__init__(f"task exceeded its time limit of {limit:g} s and {killed}")
         self.limit = limit
 
 
@@ -77,7 +104,8 @@ class PayloadTooLarge(ProcPoolError):
     """An argument or result is larger than ``PROCPOOL_MAX_PAYLOAD``."""
 
     def __init__(self, what: str, size: int, cap: int) -> None:
-        super().__init__(f"{what} is {size:,} bytes, over the payload cap of {cap:,} bytes "
+        verb = "are" if what.endswith("arguments") else "is"
+        super().__init__(f"{what} {verb} {size:,} bytes, over the payload cap of {cap:,} bytes "
                          "(PROCPOOL_MAX_PAYLOAD)")
         self.what = what
         self.size = size
@@ -93,7 +121,11 @@ class RemoteError(ProcPoolError):
     An exception raised in a worker whose type could not be rebuilt here.
 
     ``type_name`` is the remote exception's qualified type name, ``message``
-    its text and ``remote_traceback`` the formatted traceback from the worker.
+    its text and ``remote_traceback`` the formatted traceback from the worker
+    (exceptions that are rebuilt as their own type carry it too)::
+
+        >>> str(RemoteError("mygame.Oops", "no"))
+        'mygame.Oops: no'
     """
 
     def __init__(self, type_name: str, message: str, remote_traceback: str = "") -> None:
@@ -107,3 +139,90 @@ class RemoteError(ProcPoolError):
         if self.remote_traceback:
             text += "\n\nRemote traceback:\n" + self.remote_traceback.rstrip()
         return text
+
+
+# -- settings -----------------------------------------------------------------
+
+class SettingError(ProcPoolError, ValueError):
+    """A setting was given a value it cannot take; the message names the setting."""
+
+
+# -- delays and their storage -------------------------------------------------
+
+class InvalidTask(ProcPoolError, ValueError):
+    """``delay()`` was given something it refuses; the message says what and why."""
+
+
+class HandlerNotStarted(ProcPoolError, RuntimeError):
+    """A persistent delay was asked of a task handler whose storage is not loaded yet."""
+
+
+class StorageError(ProcPoolError):
+    """Something went wrong in the database that holds persistent tasks."""
+
+
+class StorageUnavailable(StorageError):
+    """
+    The task database cannot be opened or reached; the message names it (never a password).
+
+        >>> str(StorageUnavailable("SQLite file 'x.sqlite3'", "unable to open database file"))
+        "cannot use the task database (SQLite file 'x.sqlite3'): unable to open database file"
+    """
+
+    def __init__(self, database: str, reason: str) -> None:
+        super().__init__(f"cannot use the task database ({database}): {reason}")
+        self.database = database
+        self.reason = reason
+
+
+class TaskNotStored(StorageError):
+    """A persistent task could not be written, so it was cancelled instead of running unsaved."""
+
+    def __init__(self, task_id: int, database: str, reason: str) -> None:
+        super().__init__(f"persistent task {task_id} could not be stored in {database} and was "
+                         f"cancelled: {reason}")
+        self.task_id = task_id
+        self.database = database
+        self.reason = reason
+
+
+# -- the sandbox --------------------------------------------------------------
+
+class SandboxError(ProcPoolError):
+    """
+    Player code failed, or its confined child misbehaved.
+
+    ``type_name`` is the error's type name as seen in the child (for example
+    ``"ValueError"``, ``"SyntaxError"``, or ``"SandboxCrashed"`` for a child
+    that died), ``message`` its text and ``remote_traceback`` the child's
+    traceback text, if any (the same name :class:`RemoteError` uses). Its
+    text stays short, fit to show a player::
+
+        >>> str(SandboxError("ValueError", "x"))
+        'ValueError: x'
+    """
+
+    def __init__(self, type_name: str, message: str, remote_traceback: str = "") -> None:
+        super().__init__(f"{type_name}: {message}")
+        self.type_name = type_name
+        self.message = message
+        self.remote_traceback = remote_traceback
+
+
+class SandboxUnavailable(ProcPoolError):
+    """
+    Sandboxed runs are refused: confinement could not be set up here.
+
+    Set ``PROCPOOL_SANDBOX_DEGRADED`` to run without it (warns on every run).
+    Example: ``SandboxUnavailable("seccomp: libseccomp not found")``.
+    """
+
+
+class SandboxBusy(SandboxUnavailable):
+    """
+    The caller already has its quota of sandboxed runs in progress.
+
+    Refused at once rather than queued, so one player cannot build up a
+    backlog; ``PROCPOOL_SANDBOX_PER_CALLER`` sets the quota. Example:
+    ``SandboxBusy("caller already has 2 sandboxed runs in progress")``.
+    """

@@ -1,10 +1,11 @@
 """
 The pool of worker processes, and the path one call takes through it.
 
-    run_async(f, *a, **kw)                        reactor thread
-        |  validate, pickle (dill if pickle refuses), check the payload cap
+    run_async(f, *a, **kw)                        reactor thread (procpool/api.py)
+        |  validate, pickle (dill if pickle refuses: procpool/_codec.py),
+        |  check the payload cap
         v
-    ProcessPool.submit(kind, payload, timeout) -> Deferred
+    ProcessPool._submit(kind, payload, timeout, AsyncResult) -> the AsyncResult
         |
         v
     +-------------+   _pump(): an idle worker first; else, for a task with
@@ -12,13 +13,13 @@ The pool of worker processes, and the path one call takes through it.
     +-------------+   and that has fewer than MAX_DEPTH tasks in flight;
         |             else start a worker (up to PROCPOOL_MAX_NPROC) and wait
         v
-    _Worker.inflight (FIFO)  ----- AMP box "run" on fd 3 ----->  python -m workers
-        ^                                                          |  runs tasks in
+    Worker.inflight (FIFO)  ----- AMP box "run" on fd 3 ----->  python -m workers
+        ^     (procpool/_worker.py)                                |  runs tasks in
         |                                                          |  order, answers
         +------ AMP box "_answer" / "_error" on fd 4 --------------+  each before the
         |                                                             next begins
         v
-    unpickle the result, rebuild the exception
+    _box_received: unpickle the result, or rebuild the exception (_codec)
         |
         v
     Deferred.callback / errback  ->  at_return / at_err  (reactor thread)
@@ -33,343 +34,61 @@ A task with a time limit goes only to a worker with nothing in flight, and
 nothing is sent behind it; its clock starts when it is sent. On expiry the
 worker's whole process group gets SIGKILL and a replacement starts.
 
-Parts of ampoule kept and replaced (the defects are listed in
-spec/pool.md; each has a regression test in tests/test_pool.py):
-
-- ampoule's ``ProcessStarter`` is kept as the starter's base, with
-  ``startPythonProcess`` replaced: ampoule replaces the child's
-  environment and rewrites PYTHONPATH (defect 4), and uses the global
-  reactor (we take an injected one).
-- ampoule's ``ProcessPool`` is replaced: it keeps one call in flight per
-  worker (about 6k tasks/s at best), misses clean exits mid-call and idle
-  deaths (defect 5), does not wait for workers in ``start`` (6), raises
-  KeyError after ``stop`` (7), and its timeouts kill one pid (3).
-- ampoule's ``AMPChild`` is replaced by a worker that speaks the same AMP
-  box format without Twisted (workers/wire.py): importing Twisted costs
-  about 200 ms per worker start and per recycle, and AMPChild exits on any
-  undeclared exception (defect 2). Values over AMP's 64 KiB limit are cut
-  into pieces inside the box (defect 1).
+The rooms: this module decides (queue, dispatch, workers coming and going);
+procpool/_worker.py is one worker process and its lifecycle states;
+procpool/_spawn.py starts one (command, environment, malloc);
+procpool/_pipes.py makes its pipes fast; procpool/_codec.py turns tasks into
+bytes and answers back into results; workers/ is the other end. What was
+kept from ampoule and what was replaced, and why, is in docs/design.md.
 """
 
 from __future__ import annotations
 
-import os
-import pickle
-import signal
-import sys
+import enum
 import time
-import types
 from collections import deque
 from typing import Any
 
-from twisted.internet import defer, error, protocol
-from twisted.internet import main as main_error
+from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from procpool import settings
+from procpool import _codec, _spawn, settings
+from procpool._worker import MAX_DEPTH, Task, Worker, WorkerState
 from procpool.errors import (
     PayloadTooLarge,
     PoolStopped,
     ProcPoolTimeout,
-    RemoteError,
-    SerializationError,
     WorkerCrashed,
     WorkerStartError,
 )
+from procpool.results import _gather
 from workers import wire
 
-__all__ = ["ProcessPool", "MAX_DEPTH"]
+__all__ = ["ProcessPool", "PoolState"]
 
 log = Logger()
 
-#: Most tasks sent ahead to one worker whose recent tasks were short.
-MAX_DEPTH = 16
-#: A worker's tasks count as short below this many seconds (moving average).
-SHORT_TASK = 0.001
 _LATENCIES = 2048
+_COUNTERS = ("tasks_done", "tasks_failed", "tasks_timed_out", "tasks_crashed",
+             "workers_started", "workers_crashed", "workers_recycled", "workers_failed_to_start")
+_READY, _RETIRING, _LOST, _KILLED, _DEAD = (
+    WorkerState.READY, WorkerState.RETIRING, WorkerState.LOST, WorkerState.KILLED,
+    WorkerState.DEAD)
 
 
-class _Task:
-    __slots__ = ("deferred", "kind", "payload", "timeout", "ask", "submitted", "sent", "timer")
+class PoolState(enum.StrEnum):
+    """A pool's life: NEW -> RUNNING -> STOPPING -> STOPPED (never started again)."""
 
-    def __init__(self, kind: bytes, payload: bytes, timeout: float | None,
-                 deferred: defer.Deferred | None = None) -> None:
-        self.deferred: defer.Deferred = deferred if deferred is not None else defer.Deferred()
-        self.kind = kind
-        self.payload = payload
-        self.timeout = timeout
-        self.ask = b""
-        self.submitted = time.perf_counter()
-        self.sent = 0.0
-        self.timer: Any = None
+    NEW = "new"
+    RUNNING = "running"
+    STOPPING = "stopping"
+    STOPPED = "stopped"
 
 
-class _Worker(protocol.ProcessProtocol):
-    """One worker process, as the host sees it."""
-
-    def __init__(self, pool: ProcessPool) -> None:
-        self.pool = pool
-        self.pid: int | None = None
-        self.parser = wire.BoxParser()
-        self.inflight: deque[_Task] = deque()
-        self.ready = False
-        self.retiring = False
-        self.exclusive = False
-        self.killed = False
-        self.dead = False
-        self.closing = False
-        self.successor: _Worker | None = None
-        self.replaces: _Worker | None = None
-        self.asks = 0
-        self.dispatched = 0
-        self.ewma: float | None = None
-        self.last_answer = 0.0
-        self.idle_since = 0.0
-        self.started: defer.Deferred = defer.Deferred()
-        self.start_timer: Any = None
-        self.stderr_tail: deque[str] = deque(maxlen=40)
-        self._partial: dict[int, bytes] = {1: b"", 2: b""}
-
-    @property
-    def depth(self) -> int:
-        ewma = self.ewma
-        return MAX_DEPTH if ewma is not None and ewma < SHORT_TASK else 1
-
-    def connectionMade(self) -> None:
-        self.pid = self.transport.pid
-        _read_in_large_pieces(self.transport)
-
-    def childDataReceived(self, childFD: int, data: bytes) -> None:
-        if childFD == 4:
-            pool = self.pool
-            for box in self.parser.feed(data):
-                try:
-                    pool._box_received(self, box)
-                except Exception:
-                    # Never let one box's trouble lose the boxes behind it.
-                    log.failure("procpool: handling an answer from worker {pid} failed",
-                                pid=self.pid)
-        else:
-            self._output(childFD, data)
-
-    def childConnectionLost(self, childFD: int) -> None:
-        if childFD in (3, 4) and not self.dead:
-            # The worker is going away: send it nothing more. Its unanswered
-            # tasks are settled when the process has ended (processEnded).
-            self.closing = True
-            self.pool._worker_closing(self)
-
-    def _output(self, fd: int, data: bytes) -> None:
-        text = self._partial[fd] + data.replace(b"\r", b"\n")
-        *lines, rest = text.split(b"\n")
-        if len(rest) > _MAX_LINE:
-            # Output with no newline (a progress bar, a binary blob): log it in
-            # pieces rather than hold it and re-join it on every read.
-            lines.append(rest[:_MAX_LINE] + b" [cut]")
-            rest = b""
-        self._partial[fd] = rest
-        for raw in lines:
-            if not raw:
-                continue
-            line = raw.decode("utf-8", "replace").rstrip("\r")
-            if fd == 2:
-                self.stderr_tail.append(line)
-                log.warn("worker {pid} stderr: {line}", pid=self.pid, line=line)
-            else:
-                log.info("worker {pid}: {line}", pid=self.pid, line=line)
-
-    def processExited(self, reason: Failure) -> None:
-        # The worker is dead, but anything it started may still hold its
-        # stdout/stderr (or more) open, and Twisted calls processEnded only
-        # when every pipe has closed. Settle now: read what the worker wrote
-        # before it died, then stop listening to its pipes.
-        reader = getattr(self.transport, "pipes", {}).get(4)
-        fd = getattr(reader, "fd", None)
-        if fd is not None:
-            while True:
-                try:
-                    data = os.read(fd, _READ_SIZE)
-                except (BlockingIOError, InterruptedError, OSError):
-                    break
-                if not data:
-                    break
-                self.childDataReceived(4, data)
-        self._settle(reason)
-        for child_fd in (1, 2, 3, 4):
-            try:
-                self.transport.closeChildFD(child_fd)
-            except Exception:
-                pass
-
-    def processEnded(self, reason: Failure) -> None:
-        self._settle(reason)
-
-    def _settle(self, reason: Failure) -> None:
-        if self.dead:
-            return
-        for fd in (1, 2):
-            if self._partial[fd]:
-                self._output(fd, b"\n")
-        self.pool._worker_ended(self, reason)
-
-    def send(self, data: bytes) -> bool:
-        """Write to the worker; False if its input is already gone."""
-        if self.closing or self.dead:
-            return False
-        try:
-            if len(data) < 65536:
-                data = _write_now(self.transport, data)
-                if not data:
-                    return True
-            self.transport.writeToChild(3, data)
-        except (KeyError, OSError):
-            self.closing = True
-            return False
-        return True
-
-    def close_input(self) -> None:
-        try:
-            self.transport.closeChildFD(3)
-        except Exception:
-            pass
-
-    def kill_group(self) -> None:
-        """SIGKILL the worker and everything in its process group."""
-        if self.dead or self.pid is None:
-            return
-        try:
-            os.killpg(self.pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            try:
-                self.transport.signalProcess("KILL")
-            except error.ProcessExitedAlready:
-                pass
-
-
-_READ_SIZE = 256 * 1024
-_MAX_LINE = 16 * 1024
-
-
-def _read_in_large_pieces(transport: Any) -> None:
-    """
-    Read the worker's answers 256 KiB at a time. Twisted reads pipes 8 KiB at
-    a time, which caps a 1 MiB echo near 500 MiB/s; larger reads cost small
-    messages nothing. Only where the transport is Twisted's POSIX process.
-    """
-    pipes = getattr(transport, "pipes", {})
-    for pipe in (pipes.get(3), pipes.get(4)):
-        try:
-            import fcntl
-            fcntl.fcntl(pipe.fd, fcntl.F_SETPIPE_SZ, 1 << 20)
-        except (OSError, AttributeError):
-            pass
-    writer = pipes.get(3)
-    if writer is not None and hasattr(writer, "SEND_LIMIT"):
-        writer.SEND_LIMIT = 1 << 20  # one write per MiB instead of eight
-    reader = pipes.get(4)
-    fd = getattr(reader, "fd", None)
-    if fd is None:
-        return
-    received = reader.dataReceived
-
-    def do_read() -> Any:
-        try:
-            data = os.read(fd, _READ_SIZE)
-        except BlockingIOError:
-            return None
-        except InterruptedError:
-            return None
-        except OSError:
-            return main_error.CONNECTION_LOST
-        if not data:
-            return main_error.CONNECTION_DONE
-        received(data)
-        return None
-
-    reader.doRead = do_read
-
-
-def _write_now(transport: Any, data: bytes) -> bytes:
-    """
-    Write a small box straight to the worker's pipe when Twisted has nothing
-    buffered for it, and return what is left to write. Twisted would write it
-    on the next reactor turn; writing now saves about 15 us per round trip
-    (p50 75 -> 58 us). Anything unexpected falls back to Twisted's buffer.
-    """
-    writer = getattr(transport, "pipes", {}).get(3)
-    fd = getattr(writer, "fd", None)
-    if (fd is None or getattr(writer, "_tempDataLen", None) != 0
-            or len(getattr(writer, "dataBuffer", b"?")) != getattr(writer, "offset", -1)):
-        return data
-    try:
-        written = os.write(fd, data)
-    except (BlockingIOError, InterruptedError):
-        return data
-    return data[written:]
-
-
-def _starter_class() -> type:
-    # ampoule is imported only when a pool starts: `import ampoule` installs
-    # the default reactor (pool.md defect 8).
-    from ampoule.main import ProcessStarter
-
-    class WorkerStarter(ProcessStarter):
-        """ampoule's starter, spawning ``python -m workers`` with the host's environment."""
-
-        def startPythonProcess(self, prot: Any, *args: Any) -> Any:  # noqa: N802 - ampoule's name
-            reactor = self.reactor
-            return reactor.spawnProcess(
-                prot, sys.executable, (sys.executable, "-m", "workers", *self.args, *args),
-                env=self.env, path=self.path, usePTY=False,
-                childFDs={0: "w", 1: "r", 2: "r", 3: "w", 4: "r"})
-
-    return WorkerStarter
-
-
-def worker_environment() -> dict[str, str]:
-    """
-    The environment a worker starts with: the host's own, its import path,
-    and every setting given to ``procpool.configure()`` (ampoule instead
-    replaced the environment and rewrote PYTHONPATH, pool.md defect 4).
-    """
-    env = dict(os.environ)
-    path = [os.path.abspath(p) if p else os.getcwd() for p in sys.path]
-    if env.get("PYTHONPATH"):
-        path.append(env["PYTHONPATH"])
-    env["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(path))
-    for name, value in settings.snapshot().items():
-        if name in settings._given:
-            env[name] = "" if value is None else str(value)
-    env["PROCPOOL_MAX_PAYLOAD"] = str(settings.get("PROCPOOL_MAX_PAYLOAD"))
-    env["PROCPOOL_SPIN"] = str(settings.get("PROCPOOL_SPIN"))
-    if settings.get("PROCPOOL_TUNE_MALLOC") and "GLIBC_TUNABLES" not in env:
-        env["GLIBC_TUNABLES"] = (f"glibc.malloc.mmap_threshold={_MMAP_THRESHOLD}:"
-                                 f"glibc.malloc.trim_threshold={_TRIM_THRESHOLD}")
-    return env
-
-
-_MMAP_THRESHOLD = 32 * 1024 * 1024
-_TRIM_THRESHOLD = 64 * 1024 * 1024
-
-
-def tune_malloc() -> bool:
-    """
-    Ask glibc to keep freed buffers of up to 32 MiB in the heap. By default it
-    returns each big buffer to the kernel and faults it in again on the next
-    big payload: about 1,000 page faults per 1 MiB echo, half the host's CPU
-    time. Measured: 1 MiB echo 270-320 -> 400-590 MiB/s. True if applied.
-    """
-    if not sys.platform.startswith("linux"):
-        return False
-    try:
-        import ctypes
-        libc = ctypes.CDLL(None)
-        m_trim_threshold, m_mmap_threshold = -1, -3
-        return bool(libc.mallopt(m_mmap_threshold, _MMAP_THRESHOLD)
-                    and libc.mallopt(m_trim_threshold, _TRIM_THRESHOLD))
-    except (OSError, AttributeError):
-        return False
+def _backoff(failures: int) -> float:
+    """Seconds to wait before starting a worker again after ``failures`` failed starts."""
+    return min(30.0, 0.5 * 2 ** max(0, failures - 1))
 
 
 class ProcessPool:
@@ -384,7 +103,11 @@ class ProcessPool:
         d.addCallback(lambda _: pool.submit_source("_return(6 * 7)"))
 
     ``reactor`` spawns the processes; ``clock`` (default: the reactor) times
-    the time limits, idle workers and start-up deadlines.
+    the time limits, idle workers, start-up deadlines and back-off. Every
+    argument left as None comes from the settings (``PROCPOOL_*``).
+
+    @ivar state: a :class:`PoolState`.
+    @ivar counters: task and worker counts since the pool was made.
     """
 
     def __init__(self, *, reactor: Any = None, clock: Any = None,
@@ -398,24 +121,26 @@ class ProcessPool:
             reactor = global_reactor
         self.reactor = reactor
         self.clock = clock if clock is not None else reactor
-        get = settings.get
-        self.min_workers = min_workers if min_workers is not None else get("PROCPOOL_MIN_NPROC")
-        self.max_workers = max_workers if max_workers is not None else get("PROCPOOL_MAX_NPROC")
-        self.max_workers = max(self.max_workers, self.min_workers)
-        self.idle = idle if idle is not None else get("PROCPOOL_IDLE")
-        self.recycle = recycle if recycle is not None else get("PROCPOOL_RECYCLE")
-        self.max_payload = max_payload if max_payload is not None else get("PROCPOOL_MAX_PAYLOAD")
-        self.directory = directory if directory is not None else get("PROCPOOL_DIRECTORY")
-        self.uid = uid if uid is not None else get("PROCPOOL_UID")
-        self.gid = gid if gid is not None else get("PROCPOOL_GID")
-        self.start_timeout = (start_timeout if start_timeout is not None
-                              else get("PROCPOOL_START_TIMEOUT"))
-        self.state = "new"
-        self._queue: deque[_Task] = deque()
-        self._workers: list[_Worker] = []
-        self._ready: list[_Worker] = []
-        self._starting = 0
-        self._start_failures = 0
+
+        def pick(given: Any, name: str) -> Any:
+            return given if given is not None else settings.get(name)
+
+        self.min_workers = pick(min_workers, "PROCPOOL_MIN_NPROC")
+        self.max_workers = max(pick(max_workers, "PROCPOOL_MAX_NPROC"), self.min_workers)
+        self.idle = pick(idle, "PROCPOOL_IDLE")
+        self.recycle = pick(recycle, "PROCPOOL_RECYCLE")
+        self.max_payload = pick(max_payload, "PROCPOOL_MAX_PAYLOAD")
+        self.directory = pick(directory, "PROCPOOL_DIRECTORY")
+        self.uid = pick(uid, "PROCPOOL_UID")
+        self.gid = pick(gid, "PROCPOOL_GID")
+        self.start_timeout = pick(start_timeout, "PROCPOOL_START_TIMEOUT")
+        self.state = PoolState.NEW
+        self.counters = dict.fromkeys(_COUNTERS, 0)
+        self._queue: deque[Task] = deque()
+        self._workers: list[Worker] = []     # every worker not yet DEAD
+        self._ready: list[Worker] = []       # exactly the READY ones, in dispatch order
+        self._starting: set[Worker] = set()  # spawned, "ready" box not yet read
+        self._start_failures = 0             # in a row; reset by a worker that answers
         self._recycle_not_before = 0.0
         self._respawn_call: Any = None
         self._reaper: Any = None
@@ -424,10 +149,6 @@ class ProcessPool:
         self._stop_kill: Any = None
         self._starter: Any = None
         self._latencies: deque[float] = deque(maxlen=_LATENCIES)
-        self.counters = dict.fromkeys(
-            ["tasks_done", "tasks_failed", "tasks_timed_out", "tasks_crashed",
-             "workers_started", "workers_crashed", "workers_recycled", "workers_failed_to_start"],
-            0)
 
     # -- lifecycle -------------------------------------------------------
 
@@ -437,38 +158,21 @@ class ProcessPool:
         all answer, or fails with :class:`WorkerStartError` (carrying the
         worker's stderr) if one cannot start.
         """
-        if self.state in ("stopping", "stopped"):
+        if self.state in (PoolState.STOPPING, PoolState.STOPPED):
             return defer.fail(PoolStopped("a stopped pool cannot be started again"))
-        if self.state == "running":
-            return defer.gatherResults([w.started for w in self._workers if not w.ready],
-                                       consumeErrors=True).addCallback(lambda _: None)
-        self.state = "running"
+        if self.state is PoolState.RUNNING:
+            return _gather(w.started for w in self._starting)
+        self.state = PoolState.RUNNING
         if settings.get("PROCPOOL_TUNE_MALLOC"):
-            tune_malloc()
-        env = worker_environment()
-        env["PROCPOOL_MAX_PAYLOAD"] = str(self.max_payload)
-        # The worker drops to PROCPOOL_UID/GID itself once it has started:
-        # switching before exec fails wherever that user cannot read the
-        # interpreter (a Python under /root, a private virtualenv).
-        for key, value in (("PROCPOOL_WORKER_UID", self.uid), ("PROCPOOL_WORKER_GID", self.gid)):
-            if value is None:
-                env.pop(key, None)
-            else:
-                env[key] = str(value)
-        self._starter = _starter_class()(env=env, path=self.directory)
-        self._starter.reactor = self.reactor
+            _spawn.tune_malloc()
+        self._starter = _spawn.make_starter(self.reactor, max_payload=self.max_payload,
+                                            uid=self.uid, gid=self.gid, directory=self.directory)
         self._shutdown_trigger = self.reactor.addSystemEventTrigger(
             "before", "shutdown", self.stop)
         started = [self._spawn().started for _ in range(self.min_workers)]
         if self.max_workers > self.min_workers and self.idle > 0:
             self._reaper = self.clock.callLater(self._reap_interval(), self._reap)
-        d = defer.gatherResults(started, consumeErrors=True)
-
-        def unwrap(f: Failure) -> Failure:
-            f.trap(defer.FirstError)
-            return f.value.subFailure
-
-        return d.addCallbacks(lambda _: None, unwrap)
+        return _gather(started)
 
     def stop(self, grace: float = 10.0) -> defer.Deferred:
         """
@@ -480,8 +184,7 @@ class ProcessPool:
         if self._stopped is not None:
             return _chain(self._stopped)
         self._stopped = defer.Deferred()
-        was = self.state
-        self.state = "stopping"
+        was, self.state = self.state, PoolState.STOPPING
         if self._shutdown_trigger is not None:
             try:
                 self.reactor.removeSystemEventTrigger(self._shutdown_trigger)
@@ -491,37 +194,32 @@ class ProcessPool:
         for call in (self._reaper, self._respawn_call):
             if call is not None and call.active():
                 call.cancel()
-        queued = list(self._queue)
-        self._queue.clear()
-        for task in queued:
-            task.deferred.errback(PoolStopped("the process pool was stopped before the task ran"))
+        self._fail_queued(PoolStopped("the process pool was stopped before the task ran"))
         for worker in list(self._workers):
-            worker.retiring = True
-            if not worker.inflight:
-                worker.close_input()
-        self._ready = []
+            self._retire(worker)
         if self._workers and grace is not None:
             self._stop_kill = self.clock.callLater(grace, self._kill_remaining)
-        if not self._workers or was == "new":
+        if not self._workers or was is PoolState.NEW:
             self._finish_stop()
         return _chain(self._stopped)
 
     def _kill_remaining(self) -> None:
         self._stop_kill = None
         for worker in list(self._workers):
-            worker.killed = True
+            if worker.state is not _KILLED:
+                self._move(worker, _KILLED)
             inflight = list(worker.inflight)
             worker.inflight.clear()
             for task in inflight:
-                _cancel(task)
+                task.cancel_timer()
                 task.deferred.errback(PoolStopped(
                     "the process pool was stopped while the task was running"))
             worker.kill_group()
 
     def _finish_stop(self) -> None:
-        if self.state == "stopped":
+        if self.state is PoolState.STOPPED:
             return
-        self.state = "stopped"
+        self.state = PoolState.STOPPED
         if self._stop_kill is not None and self._stop_kill.active():
             self._stop_kill.cancel()
         self._stop_kill = None
@@ -530,30 +228,49 @@ class ProcessPool:
 
     # -- submitting ------------------------------------------------------
 
-    def submit(self, kind: bytes, payload: bytes, timeout: float | None = None,
-               deferred: defer.Deferred | None = None) -> defer.Deferred:
+    def submit_call(self, function: Any, *args: Any, timeout: float | None = None,
+                    **kwargs: Any) -> defer.Deferred:
         """
-        Queue one serialised task (``kind`` ``b"c"`` or ``b"s"``, see
-        workers/wire.py). Raises :class:`PayloadTooLarge` at once for an
-        over-cap payload; the Deferred (``deferred`` if given) fires with the
-        unpickled result.
+        Run ``function(*args, **kwargs)`` in a worker (pickled, or dill-ed if
+        need be), killed after ``timeout`` seconds (None or 0: no limit)::
+
+            pool.submit_call(pow, 2, 10).addCallback(print)      # 1024
         """
-        if self.state != "running":
-            if self.state == "new":
-                self.start().addErrback(self._start_failed)
-            else:
+        payload = _codec.dumps((function, args, kwargs), "the callable or its arguments")
+        return self._submit(b"c", payload, settings.check_timeout(timeout, "timeout"))
+
+    def submit_source(self, source: str, *, timeout: float | None = None,
+                      **env: Any) -> defer.Deferred:
+        """
+        Run a source string in a worker with ``env`` as its globals (the
+        ``_return`` rules of ``run_async``)::
+
+            pool.submit_source("_return(n * 2)", n=21).addCallback(print)   # 42
+        """
+        if not isinstance(source, str):
+            raise TypeError(f"source must be a str, not {type(source).__name__}")
+        payload = _codec.dumps((source, env), "the source's keyword arguments")
+        return self._submit(b"s", payload, settings.check_timeout(timeout, "timeout"))
+
+    def _submit(self, kind: bytes, payload: bytes, timeout: float | None,
+                deferred: defer.Deferred | None = None) -> defer.Deferred:
+        """
+        Queue one serialised task (``kind`` and ``payload`` as in
+        workers/wire.py; ``timeout`` already checked by
+        :func:`procpool.settings.check_timeout`). Raises
+        :class:`PayloadTooLarge` at once for an over-cap payload.
+        """
+        if self.state is not PoolState.RUNNING:
+            if self.state is not PoolState.NEW:
                 d = deferred if deferred is not None else defer.Deferred()
                 d.errback(PoolStopped())
                 return d
-        if timeout is not None:
-            if not timeout == timeout or timeout < 0:
-                raise ValueError(f"timeout must be zero or more seconds, got {timeout!r}")
-            if timeout == 0:
-                timeout = None  # no limit (ampoule killed at once, pool.md defect 3)
+            self.start().addErrback(
+                lambda f: log.failure("the process pool could not start its workers", f))
         size = len(payload)
         if size > self.max_payload:
             raise PayloadTooLarge("the task's arguments", size, self.max_payload)
-        task = _Task(kind, payload, timeout, deferred)
+        task = Task(kind, payload, timeout, deferred)
         queue = self._queue
         # A non-empty queue means no worker can take more right now; the next
         # answer, start or death pumps it again.
@@ -563,16 +280,11 @@ class ProcessPool:
             self._pump()
         return task.deferred
 
-    def submit_call(self, function: Any, *args: Any, **kwargs: Any) -> defer.Deferred:
-        """Run ``function(*args, **kwargs)`` in a worker (pickled, or dill-ed if need be)."""
-        return self.submit(b"c", dumps((function, args, kwargs), "the callable"))
-
-    def submit_source(self, source: str, **env: Any) -> defer.Deferred:
-        """Run a source string in a worker with ``env`` as its globals."""
-        return self.submit(b"s", dumps((source, env), "the source's keyword arguments"))
-
-    def _start_failed(self, failure: Failure) -> None:
-        log.failure("the process pool could not start its workers", failure)
+    def _fail_queued(self, error: Exception) -> None:
+        queued = list(self._queue)
+        self._queue.clear()
+        for task in queued:
+            task.deferred.errback(error)
 
     # -- dispatch (the hot path) -------------------------------------------
 
@@ -588,8 +300,8 @@ class ProcessPool:
                 if n == 0:
                     chosen = worker
                     break
-                if (task.timeout is None and not worker.exclusive and n < best
-                        and n < worker.depth):
+                if (task.timeout is None and n < best and n < worker.depth
+                        and not worker.exclusive):
                     chosen, best = worker, n
             if chosen is None:
                 self._grow()
@@ -597,112 +309,88 @@ class ProcessPool:
             queue.popleft()
             if not self._send(chosen, task):
                 queue.appendleft(task)
-                self._worker_closing(chosen)
+                self._worker_lost(chosen)
 
-    def _send(self, worker: _Worker, task: _Task) -> bool:
+    def _send(self, worker: Worker, task: Task) -> bool:
         worker.asks += 1
         task.ask = ask = b"%x" % worker.asks
-        # The payload stays with the task until it is answered: if the worker
-        # dies first, a task that never started is sent again elsewhere.
         box = wire.encode_run(ask, task.kind, task.payload)
         if not worker.send(box if isinstance(box, bytes) else b"".join(box)):
             return False
         worker.inflight.append(task)
         task.sent = time.perf_counter()
         if task.timeout is not None:
-            worker.exclusive = True
             task.timer = self.clock.callLater(task.timeout, self._expire, worker, task)
         worker.dispatched += 1
-        if (self.recycle and worker.dispatched >= self.recycle and not worker.retiring
+        if (self.recycle and worker.dispatched >= self.recycle
                 and worker.successor is None):
             self._recycle(worker)
         return True
 
-    def _recycle(self, worker: _Worker) -> None:
-        """Start a successor; the old worker keeps working until it answers (hides the start)."""
-        if (self.state != "running" or self._respawn_call is not None
-                or self.clock.seconds() < self._recycle_not_before):
-            return  # workers are failing to start: keep this one rather than churn
-        successor = self._spawn()
-        worker.successor = successor
-        successor.replaces = worker
-
-        def failed(_: Failure) -> None:
-            # Keep the old worker; try again after a growing pause.
-            worker.successor = None
-            wait = min(30.0, 0.5 * 2 ** max(0, self._start_failures - 1))
-            self._recycle_not_before = self.clock.seconds() + wait
-
-        successor.started.addErrback(failed)
-
-    def _worker_closing(self, worker: _Worker) -> None:
-        """A worker's pipe closed: dispatch nothing more to it."""
-        if worker in self._ready:
-            self._ready.remove(worker)
-
-    def _box_received(self, worker: _Worker, box: dict[bytes, bytes]) -> None:
-        if not worker.ready:
+    def _box_received(self, worker: Worker, box: dict[bytes, Any]) -> None:
+        if worker in self._starting:
             if box.get(b"_command") == b"ready":
                 self._worker_ready(worker)
             return
-        if worker.killed:
+        if worker.state is _KILLED:
+            return  # its tasks were settled when it was killed
+        task = self._answered_task(worker, box)
+        if task is None:
             return
+        self._account(worker, task)
+        payload = wire.join_value(box, b"p")
+        if b"_answer" in box:
+            try:
+                result = _codec.load_result(payload)
+            except Exception as exc:
+                self.counters["tasks_failed"] += 1
+                task.deferred.errback(exc)
+            else:
+                self.counters["tasks_done"] += 1
+                task.deferred.callback(result)
+        else:
+            self.counters["tasks_failed"] += 1
+            task.deferred.errback(_codec.rebuild_error(box, payload))
+        if self._queue:
+            self._pump()
+
+    def _answered_task(self, worker: Worker, box: dict[bytes, Any]) -> Task | None:
+        """The task ``box`` answers: the oldest in flight. None (and a kill) if it is not."""
         if not worker.inflight:
             log.error("worker {pid} sent an answer nobody asked for; killing it", pid=worker.pid)
             worker.kill_group()
-            return
-        task = worker.inflight.popleft()
+            return None
         ask = box.get(b"_answer")
         if ask is None:
             ask = box.get(b"_error")
+        task = worker.inflight[0]
         if ask != task.ask:
             log.error("worker {pid} answered {got!r}, expected {want!r}; killing it",
                       pid=worker.pid, got=ask, want=task.ask)
-            worker.inflight.appendleft(task)
             worker.kill_group()
-            return
+            return None
+        return worker.inflight.popleft()
+
+    def _account(self, worker: Worker, task: Task) -> None:
+        """Book an answered task: service time, latency, its timer; close a drained retiree."""
         now = time.perf_counter()
         service = now - (task.sent if task.sent > worker.last_answer else worker.last_answer)
         worker.last_answer = now
         worker.ewma = service if worker.ewma is None else 0.75 * worker.ewma + 0.25 * service
         self._latencies.append(now - task.submitted)
         if task.timer is not None:
-            _cancel(task)
-            worker.exclusive = False
+            task.cancel_timer()
         if not worker.inflight:
             worker.idle_since = self.clock.seconds()
-            if worker.retiring:
+            if worker.state is _RETIRING:
                 worker.close_input()
-        payload = wire.join_value(box, b"p")
-        if b"_answer" in box:
-            try:
-                result = pickle.loads(payload)
-            except Exception as exc:
-                self.counters["tasks_failed"] += 1
-                task.deferred.errback(SerializationError(
-                    f"the task's result could not be unpickled here: {exc!r}"))
-            else:
-                self.counters["tasks_done"] += 1
-                task.deferred.callback(result)
-        else:
-            self.counters["tasks_failed"] += 1
-            try:
-                error = _remote_exception(box, payload)
-            except Exception as exc:  # the task must settle whatever the box held
-                error = RemoteError("unknown", f"the worker's error could not be read: {exc!r}")
-            task.deferred.errback(error)
-        if self._queue:
-            self._pump()
 
-    def _expire(self, worker: _Worker, task: _Task) -> None:
+    def _expire(self, worker: Worker, task: Task) -> None:
         task.timer = None
         if task not in worker.inflight:
             return
         worker.inflight.remove(task)
-        worker.killed = True
-        worker.exclusive = False
-        if worker in self._ready:
-            self._ready.remove(worker)
+        self._move(worker, _KILLED)
         self.counters["tasks_timed_out"] += 1
         log.warn("task on worker {pid} passed its {limit} s limit; killing its process group",
                  pid=worker.pid, limit=task.timeout)
@@ -716,174 +404,205 @@ class ProcessPool:
 
     # -- workers coming and going ------------------------------------------
 
-    def _spawn(self) -> _Worker:
-        worker = _Worker(self)
+    def _move(self, worker: Worker, state: WorkerState) -> None:
+        """Move ``worker`` to ``state``, keeping ``_ready`` exactly the READY workers."""
+        if worker.state is _READY and state is not _READY:
+            self._ready.remove(worker)
+        worker.move(state)
+        if state is _READY:
+            self._ready.append(worker)
+
+    def _slots_taken(self) -> int:
+        """Workers counted against PROCPOOL_MAX_NPROC: all but the retiring ones."""
+        return sum(1 for w in self._workers if w.state is not _RETIRING)
+
+    def _serving(self) -> int:
+        """Workers counted toward PROCPOOL_MIN_NPROC: neither retiring nor killed."""
+        return sum(1 for w in self._workers if w.state not in (_RETIRING, _KILLED))
+
+    def _spawn(self) -> Worker:
+        worker = Worker(self)
         self._workers.append(worker)
-        self._starting += 1
+        self._starting.add(worker)
         self.counters["workers_started"] += 1
         try:
             self._starter.startPythonProcess(worker)
         except Exception as exc:
             self._workers.remove(worker)
-            self._starting -= 1
-            self._start_failures += 1
-            self.counters["workers_failed_to_start"] += 1
+            self._starting.discard(worker)
+            worker.move(_DEAD)
             error = WorkerStartError(f"could not start a worker process: {exc}")
             log.error("{error}", error=str(error))
-            worker.started.errback(error)
-            if self.state == "running":
-                if not self._ready and not self._starting:
-                    queued = list(self._queue)
-                    self._queue.clear()
-                    for task in queued:
-                        task.deferred.errback(error)
-                if self._respawn_call is None:
-                    wait = min(30.0, 0.5 * 2 ** (self._start_failures - 1))
-                    self._respawn_call = self.clock.callLater(wait, self._respawn)
+            self._start_failed(worker, error)
             return worker
         worker.start_timer = self.clock.callLater(self.start_timeout, self._start_overdue, worker)
         return worker
 
-    def _start_overdue(self, worker: _Worker) -> None:
+    def _start_failed(self, worker: Worker, error: WorkerStartError) -> None:
+        """A worker did not start: fail what waits for it; try again after a pause."""
+        self._start_failures += 1
+        self.counters["workers_failed_to_start"] += 1
+        # Arm the retry before any errback runs: an errback may stop the pool,
+        # and stop() must find the retry to cancel it.
+        if self.state is PoolState.RUNNING and self._respawn_call is None:
+            self._respawn_call = self.clock.callLater(_backoff(self._start_failures),
+                                                      self._respawn)
+        worker.started.errback(error)
+        if self.state is PoolState.RUNNING and not self._ready and not self._starting:
+            self._fail_queued(error)
+
+    def _start_overdue(self, worker: Worker) -> None:
         worker.start_timer = None
-        if not worker.ready and not worker.dead:
+        if worker in self._starting and worker.state is not _KILLED:
             log.error("worker {pid} did not answer within {s} s; killing it",
                       pid=worker.pid, s=self.start_timeout)
             worker.stderr_tail.append(f"(no answer within {self.start_timeout:g} s)")
-            worker.closing = True
+            self._move(worker, _KILLED)
             worker.kill_group()
 
-    def _worker_ready(self, worker: _Worker) -> None:
-        if worker.closing or worker.killed:
-            return  # killed for starting too slowly; its end is settled as a failed start
-        worker.ready = True
-        self._starting -= 1
+    def _worker_ready(self, worker: Worker) -> None:
+        if worker.state in (_LOST, _KILLED):
+            return  # going away already; its end is settled as a failed start
+        self._starting.discard(worker)
         self._start_failures = 0
         if worker.start_timer is not None and worker.start_timer.active():
             worker.start_timer.cancel()
         worker.start_timer = None
         worker.idle_since = self.clock.seconds()
         log.debug("worker {pid} ready", pid=worker.pid)
-        if self.state == "running" and not worker.retiring:
-            self._ready.append(worker)
-            old = worker.replaces
-            worker.replaces = None
-            if old is not None and not old.dead and not old.retiring:
-                self._retire(old, recycled=True)
-            worker.started.callback(None)
-            self._replenish()
-            self._pump()
-        else:
+        if self.state is not PoolState.RUNNING or worker.state is _RETIRING:
             worker.close_input()
             worker.started.callback(None)
+            return
+        self._move(worker, _READY)
+        old, worker.replaces = worker.replaces, None
+        if old is not None and old.state is _READY:
+            self._retire(old, recycled=True)
+        worker.started.callback(None)
+        self._replenish()
+        self._pump()
+
+    def _worker_lost(self, worker: Worker) -> None:
+        """A worker's pipe closed or a write to it failed: dispatch nothing more to it."""
+        if worker.state in (WorkerState.STARTING, _READY):
+            self._move(worker, _LOST)
 
     def _grow(self) -> None:
-        if self.state != "running":
-            return
-        live = sum(1 for w in self._workers if not w.retiring)
-        if live < self.max_workers and self._starting < len(self._queue) \
-                and self._respawn_call is None:
+        if (self.state is PoolState.RUNNING and self._respawn_call is None
+                and self._slots_taken() < self.max_workers
+                and len(self._starting) < len(self._queue)):
             self._spawn().started.addErrback(lambda f: None)
 
     def _replenish(self) -> None:
-        if self.state != "running" or self._respawn_call is not None:
+        if self.state is not PoolState.RUNNING or self._respawn_call is not None:
             return
-        live = sum(1 for w in self._workers if not w.retiring and not w.killed)
-        missing = self.min_workers - live
+        missing = self.min_workers - self._serving()
         if missing <= 0:
             return
         if self._start_failures:
-            wait = min(30.0, 0.5 * 2 ** (self._start_failures - 1))
-            self._respawn_call = self.clock.callLater(wait, self._respawn)
+            self._respawn_call = self.clock.callLater(_backoff(self._start_failures),
+                                                      self._respawn)
             return
         for _ in range(missing):
             self._spawn().started.addErrback(lambda f: None)
 
     def _respawn(self) -> None:
         self._respawn_call = None
-        if self.state != "running":
+        if self.state is not PoolState.RUNNING:
             return
-        live = sum(1 for w in self._workers if not w.retiring and not w.killed)
-        if live < self.min_workers or (self._queue and live < self.max_workers):
+        serving = self._serving()
+        if serving < self.min_workers or (self._queue and serving < self.max_workers):
             self._spawn().started.addErrback(lambda f: None)
 
-    def _retire(self, worker: _Worker, recycled: bool = False) -> None:
-        worker.retiring = True
-        if worker in self._ready:
-            self._ready.remove(worker)
+    def _recycle(self, worker: Worker) -> None:
+        """Start a successor; the old worker keeps working until it answers (hides the start)."""
+        if (self.state is not PoolState.RUNNING or self._respawn_call is not None
+                or worker.state is not _READY
+                or self.clock.seconds() < self._recycle_not_before):
+            return  # workers are failing to start: keep this one rather than churn
+        successor = self._spawn()
+        worker.successor = successor
+        successor.replaces = worker
+
+        def failed(_: Failure) -> None:
+            # Keep the old worker; try again after a growing pause.
+            worker.successor = None
+            self._recycle_not_before = self.clock.seconds() + _backoff(self._start_failures)
+
+        successor.started.addErrback(failed)
+
+    def _retire(self, worker: Worker, recycled: bool = False) -> None:
+        if worker.state in (WorkerState.STARTING, _READY):
+            self._move(worker, _RETIRING)
         if recycled:
             self.counters["workers_recycled"] += 1
         # Start the replacement before the old worker leaves, so recycling
         # costs no throughput (ampoule lost 64% to it).
         self._replenish()
-        if not worker.inflight:
+        if not worker.inflight and worker not in self._starting:
             worker.close_input()
 
-    def _worker_ended(self, worker: _Worker, reason: Failure) -> None:
-        worker.dead = True
-        if worker in self._workers:
-            self._workers.remove(worker)
-        if worker in self._ready:
-            self._ready.remove(worker)
+    def _worker_ended(self, worker: Worker, reason: Failure) -> None:
+        was = worker.state
+        self._move(worker, _DEAD)
+        self._workers.remove(worker)
         if worker.start_timer is not None and worker.start_timer.active():
             worker.start_timer.cancel()
-        status = reason.value
-        exitcode = getattr(status, "exitCode", None)
-        signum = getattr(status, "signal", None)
+        exitcode = getattr(reason.value, "exitCode", None)
+        signum = getattr(reason.value, "signal", None)
         inflight = list(worker.inflight)
         worker.inflight.clear()
-        if not worker.ready:
-            self._starting -= 1
-            self._start_failures += 1
-            self.counters["workers_failed_to_start"] += 1
-            how = f"was killed by signal {signum}" if signum else f"exited with code {exitcode}"
-            tail = "\n".join(worker.stderr_tail) or "(it wrote nothing to stderr)"
-            exc = WorkerStartError(f"worker {worker.pid} {how} before it was ready:\n{tail}")
-            if self.state == "running":
-                log.error("{error}", error=str(exc))
-            worker.started.errback(exc)
-            if self.state == "running" and not self._ready and not self._starting:
-                queued = list(self._queue)
-                self._queue.clear()
-                for task in queued:
-                    task.deferred.errback(exc)
+        if worker in self._starting:
+            self._starting.discard(worker)
+            self._ended_before_ready(worker, exitcode, signum)
         elif inflight:
-            first = inflight[0]
-            _cancel(first)
-            self.counters["tasks_crashed"] += 1
-            self.counters["workers_crashed"] += 1
-            log.warn("worker {pid} died while running a task (exit code {code}, signal {sig})",
-                     pid=worker.pid, code=exitcode, sig=signum)
-            # Put the tasks that never started back first: the errback may
-            # stop the pool, which must then fail them rather than lose them.
-            self._queue.extendleft(reversed(inflight[1:]))
-            first.deferred.errback(WorkerCrashed(worker.pid, exitcode, signum))
-        elif not worker.retiring and not worker.killed:
+            self._crashed(worker, inflight, exitcode, signum)
+        elif was not in (_RETIRING, _KILLED):
             self.counters["workers_crashed"] += 1
             log.warn("idle worker {pid} died (exit code {code}, signal {sig})",
                      pid=worker.pid, code=exitcode, sig=signum)
-        if self.state == "running":
+        if self.state is PoolState.RUNNING:
             self._replenish()
             self._pump()
-        else:
-            queued = list(self._queue)
-            self._queue.clear()
-            for task in queued:
-                task.deferred.errback(PoolStopped())
-            if self.state == "stopping" and not self._workers:
-                self._finish_stop()
+            return
+        self._fail_queued(PoolStopped())
+        if self.state is PoolState.STOPPING and not self._workers:
+            self._finish_stop()
+
+    def _ended_before_ready(self, worker: Worker, exitcode: int | None,
+                            signum: int | None) -> None:
+        how = f"was killed by signal {signum}" if signum else f"exited with code {exitcode}"
+        tail = "\n".join(worker.stderr_tail) or "(it wrote nothing to stderr)"
+        error = WorkerStartError(f"worker {worker.pid} {how} before it was ready:\n{tail}")
+        if self.state is PoolState.RUNNING:
+            log.error("{error}", error=str(error))
+        self._start_failed(worker, error)
+
+    def _crashed(self, worker: Worker, inflight: list[Task], exitcode: int | None,
+                 signum: int | None) -> None:
+        """The oldest task in flight killed its worker; the others never started."""
+        first = inflight[0]
+        first.cancel_timer()
+        self.counters["tasks_crashed"] += 1
+        self.counters["workers_crashed"] += 1
+        log.warn("worker {pid} died while running a task (exit code {code}, signal {sig})",
+                 pid=worker.pid, code=exitcode, sig=signum)
+        # Put the tasks that never started back first: the errback may stop
+        # the pool, which must then fail them rather than lose them.
+        self._queue.extendleft(reversed(inflight[1:]))
+        first.deferred.errback(WorkerCrashed(worker.pid, exitcode, signum))
 
     def _reap_interval(self) -> float:
         return max(0.5, min(self.idle / 2, 30.0))
 
     def _reap(self) -> None:
+        """Retire workers idle for PROCPOOL_IDLE seconds, down to the minimum."""
         self._reaper = None
-        if self.state != "running":
+        if self.state is not PoolState.RUNNING:
             return
         now = self.clock.seconds()
-        live = [w for w in self._ready if not w.retiring]
-        for worker in live:
-            if len([w for w in self._ready if not w.retiring]) <= self.min_workers:
+        for worker in list(self._ready):
+            if len(self._ready) <= self.min_workers:
                 break
             if not worker.inflight and now - worker.idle_since >= self.idle:
                 log.debug("worker {pid} idle for {s} s; stopping it", pid=worker.pid, s=self.idle)
@@ -896,16 +615,18 @@ class ProcessPool:
         """
         The pool's figures: workers busy/idle/starting, queue depth, task and
         worker counters, and the round-trip latency (submit to answer) of the
-        last tasks, in milliseconds.
+        last tasks, in milliseconds::
+
+            pool.stats()["busy"]
         """
-        ready = [w for w in self._workers if w.ready and not w.dead]
+        answering = [w for w in self._workers if w not in self._starting]
         latencies = sorted(self._latencies)
         figures: dict[str, Any] = {
-            "state": self.state,
+            "state": self.state.value,
             "workers": len(self._workers),
-            "busy": sum(1 for w in ready if w.inflight),
-            "idle": sum(1 for w in ready if not w.inflight),
-            "starting": self._starting,
+            "busy": sum(1 for w in answering if w.inflight),
+            "idle": sum(1 for w in answering if not w.inflight),
+            "starting": len(self._starting),
             "queued": len(self._queue),
             "in_flight": sum(len(w.inflight) for w in self._workers),
             "pids": sorted(w.pid for w in self._workers if w.pid is not None),
@@ -916,12 +637,12 @@ class ProcessPool:
                                    * 1000, 3) if latencies else None)
         return figures
 
-
-def _cancel(task: _Task) -> None:
-    timer = task.timer
-    task.timer = None
-    if timer is not None and timer.active():
-        timer.cancel()
+    @staticmethod
+    def figures_before_start() -> dict[str, Any]:
+        """What :meth:`stats` says of a pool that does not exist yet: all zeros."""
+        return {"state": "not started", "workers": 0, "busy": 0, "idle": 0, "starting": 0,
+                "queued": 0, "in_flight": 0, "pids": [], **dict.fromkeys(_COUNTERS, 0),
+                "latency_p50_ms": None, "latency_p99_ms": None}
 
 
 def _chain(d: defer.Deferred) -> defer.Deferred:
@@ -937,76 +658,3 @@ def _chain(d: defer.Deferred) -> defer.Deferred:
 
     d.addBoth(relay)
     return out
-
-
-_PLAIN = frozenset([bytes, bytearray, str, int, float, bool, type(None), complex])
-_FUNCTIONS = (types.FunctionType, types.BuiltinFunctionType)
-
-
-def _may_name_main(obj: Any) -> bool:
-    """Could ``obj``'s pickle refer to ``__main__``? Cheap for the common shapes."""
-    if type(obj) is tuple and len(obj) in (2, 3):
-        head, *rest = obj
-        if getattr(head, "__module__", None) == "__main__":
-            return True
-        if type(head) not in _PLAIN and not isinstance(head, _FUNCTIONS):
-            return True  # a partial, a callable object...: scan its pickle
-        for part in rest:
-            values = part.values() if type(part) is dict else part
-            if type(values) not in (tuple, type({}.values())):
-                return True
-            if any(type(v) not in _PLAIN for v in values):
-                return True
-        return False
-    return True
-
-
-def dumps(obj: Any, what: str) -> bytes:
-    """
-    Pickle ``obj`` for a worker: plain pickle first (fast), dill for what it
-    refuses (lambdas, closures, things defined in ``__main__``, which the
-    worker cannot import). Raises :class:`SerializationError` naming ``what``
-    could not be serialised.
-    """
-    try:
-        data = pickle.dumps(obj, protocol=5)
-    except Exception:
-        data = b""
-    else:
-        # Scanning a big pickle costs about as much as copying it: skip the
-        # scan when the arguments are plain values.
-        if not _may_name_main(obj) or b"__main__" not in data:
-            return data
-    try:
-        import dill
-        return dill.dumps(obj, protocol=5, recurse=True)
-    except Exception as exc:
-        raise SerializationError(f"{what} could not be serialised for a worker process: "
-                                 f"{type(exc).__name__}: {exc}") from exc
-
-
-def _remote_exception(box: dict[bytes, Any], payload: Any) -> BaseException:
-    # Values over 2 KiB arrive as memoryviews (workers/wire.py): copy the small fields.
-    code = bytes(box.get(b"_error_code", b""))
-    description = bytes(box.get(b"_error_description", b"")).decode("utf-8", "replace")
-    if code == b"TOO_LARGE":
-        size, _, cap = description.partition("/")
-        return PayloadTooLarge("the task's result", int(size or 0), int(cap or 0))
-    if code == b"UNSERIALIZABLE":
-        return SerializationError(description)
-    try:
-        info = wire.ErrorInfo(*pickle.loads(payload))
-    except Exception:
-        return RemoteError("unknown", description)
-    exc: BaseException | None = None
-    if info.pickled:
-        try:
-            exc = pickle.loads(info.pickled)
-        except Exception:
-            exc = None
-    if not isinstance(exc, Exception):
-        # SystemExit, KeyboardInterrupt etc. must not be re-raised in the host.
-        return RemoteError(info.type_name, info.message, info.traceback)
-    exc.remote_traceback = info.traceback  # type: ignore[attr-defined]
-    exc.add_note("Raised in a procpool worker; remote traceback:\n" + info.traceback.rstrip())
-    return exc

@@ -15,6 +15,7 @@ chained later still receive it::
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from twisted.internet import defer
@@ -104,3 +105,40 @@ def _settle(failure: Failure, d: AsyncResult, what: str | None) -> Failure | Non
 def _log_if_unclaimed(d: AsyncResult, failure: Failure, what: str) -> None:
     if d._held is failure:
         log.failure("{what} failed", failure, what=what)
+
+
+def _attach_callbacks(d: defer.Deferred, at_return: Callable[..., Any] | None,
+                      at_return_kwargs: dict[str, Any] | None,
+                      at_err: Callable[..., Any] | None,
+                      at_err_kwargs: dict[str, Any] | None, what: str) -> AsyncResult:
+    """
+    Hang ``at_return``/``at_err`` on ``d`` and return the :class:`AsyncResult`
+    the caller gets: the one rule run_async, limited_exec and the thread
+    fallback share. ``d`` itself is used when it is a fresh AsyncResult.
+    """
+    if isinstance(d, AsyncResult) and not d._sealed and not d.called:
+        out = d
+    else:
+        out = AsyncResult()
+        d.chainDeferred(out)
+    if at_return is not None:
+        out.addCallback(lambda result: at_return(result, **(at_return_kwargs or {})))
+    if at_err is not None:
+        out.addErrback(lambda failure: at_err(failure, **(at_err_kwargs or {})))
+        out._sealed = True
+        return out
+    return out.settle_failures(f"run_async: {what}")
+
+
+def _gather(waits: Iterable[defer.Deferred]) -> defer.Deferred[None]:
+    """
+    Fire with None once every Deferred has; fail with the first failure itself
+    (not wrapped in ``FirstError``), after all have fired.
+    """
+    d = defer.gatherResults(list(waits), consumeErrors=True)
+    return d.addCallbacks(lambda _: None, _first_error)
+
+
+def _first_error(failure: Failure) -> Failure:
+    failure.trap(defer.FirstError)
+    return failure.value.subFailure

@@ -22,12 +22,45 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from procpool.errors import SettingError
+
 __all__ = ["SettingError", "Setting", "SETTINGS", "configure", "get", "cached", "refresh",
-           "reset", "snapshot"]
+           "reset", "snapshot", "check_timeout"]
 
 
-class SettingError(ValueError):
-    """A setting was given a value it cannot take; the message names the setting."""
+def check_timeout(value: Any, name: str = "proc_timeout") -> float | None:
+    """
+    The one rule for every time limit: seconds as a float, or None for no limit.
+
+    None, 0 and infinity mean no limit (ampoule killed at once on 0: ampoule
+    defect 3 in docs/design.md). A negative number, NaN, a bool or anything
+    that is not a number raises :class:`SettingError` (a ValueError) naming
+    ``name``::
+
+        >>> check_timeout(2), check_timeout(0), check_timeout(None)
+        (2.0, None, None)
+    """
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise SettingError(f"{name} must be a number of seconds or None, got {value!r}")
+    if math.isnan(value) or value < 0:
+        raise SettingError(f"{name} must be zero or more seconds, got {value!r}")
+    if value == 0 or math.isinf(value):
+        return None
+    return float(value)
+
+
+def _timeout(name: str, value: Any) -> float | None:
+    if isinstance(value, str):
+        text = value.strip().lower()
+        if text in ("", "none", "off"):
+            return None
+        try:
+            value = float(text)
+        except ValueError:
+            raise SettingError(f"{name} must be a number of seconds, got {value!r}") from None
+    return check_timeout(value, name)
 
 
 def _bool(name: str, value: Any) -> bool:
@@ -125,8 +158,8 @@ SETTINGS: dict[str, Setting] = {s.name: s for s in [
             "Run work in worker processes; false runs everything in the reactor's thread pool."),
     Setting("PROCPOOL_MIN_NPROC", 2, _int(1), "Workers kept running at all times."),
     Setting("PROCPOOL_MAX_NPROC", 4, _int(1), "Most workers running at once."),
-    Setting("PROCPOOL_TIMEOUT", None, _float(0.0, optional=True),
-            "Default proc_timeout in seconds for each run; none means no limit."),
+    Setting("PROCPOOL_TIMEOUT", None, _timeout,
+            "Default proc_timeout in seconds for each run; none or 0 means no limit."),
     Setting("PROCPOOL_IDLE", 20.0, _float(0.0),
             "Seconds an idle worker above the minimum lives before it stops; 0 keeps them."),
     Setting("PROCPOOL_DIRECTORY", None, _str(optional=True),

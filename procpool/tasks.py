@@ -40,9 +40,8 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from procpool import settings
-from procpool.errors import ProcPoolError
+from procpool.errors import HandlerNotStarted, InvalidTask, StorageUnavailable, TaskNotStored
 from procpool.storage import Storage, StoredTask, open_storage
-from procpool.storage.errors import StorageUnavailable, TaskNotStored
 
 __all__ = ["delay", "TaskHandle", "TaskHandler", "get_handler", "set_handler",
            "InvalidTask", "HandlerNotStarted", "TaskNotStored", "StorageUnavailable"]
@@ -51,14 +50,6 @@ log = Logger()
 
 # How long failed deletes (of tasks that already ran) wait before another try.
 _RETRY_SECONDS = 2.0
-
-
-class InvalidTask(ProcPoolError, ValueError):
-    """``delay()`` was given something it refuses; the message says what and why."""
-
-
-class HandlerNotStarted(ProcPoolError, RuntimeError):
-    """A persistent delay was asked of a task handler whose storage is not loaded yet."""
 
 
 class _Task:

@@ -41,9 +41,18 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from procpool import settings
-from procpool.errors import PayloadTooLarge, PoolStopped, ProcPoolTimeout, SerializationError
+from procpool._services import register_stop
+from procpool.errors import (
+    PayloadTooLarge,
+    PoolStopped,
+    ProcPoolTimeout,
+    SandboxBusy,
+    SandboxError,
+    SandboxUnavailable,
+    SerializationError,
+)
+from procpool.results import _attach_callbacks
 from sandbox.child import BOOTSTRAP, MAX_CONTAINERS, PRECOMPILED, count_containers
-from sandbox.errors import SandboxBusy, SandboxError, SandboxUnavailable
 
 __all__ = ["SandboxPool", "get_pool", "limited_exec", "run_sandboxed", "stop"]
 
@@ -611,6 +620,7 @@ def get_pool(reactor: Any = None) -> SandboxPool:
     global _pool
     if _pool is None:
         _pool = SandboxPool(reactor)
+        register_stop("sandbox", stop)
         _pool.start()
     return _pool
 
@@ -640,9 +650,8 @@ def limited_exec(source: str, at_return: Callable[[Any], Any] | None = None,
 
         limited_exec("_return(sum(rolls))", at_return=caller.msg, rolls=[3, 4])
     """
-    from procpool.api import attach_callbacks
     d = run_sandboxed(source, context, timeout=timeout, caller=caller)
-    return attach_callbacks(d, at_return, None, at_err, None,
+    return _attach_callbacks(d, at_return, None, at_err, None,
                             f"sandboxed source {source[:60]!r}")
 
 

@@ -134,14 +134,10 @@ class Timeouts(s.PoolTestCase):
         self.addCleanup(pool.stop)
         yield pool.start()
         first = pool.submit_call(s.sleep, 0.6)
-        second = pool.submit(b"c", _pickled(s.sleep, 0.1), timeout=0.4)
+        second = pool.submit_call(s.sleep, 0.1, timeout=0.4)
         self.assertEqual((yield second), 0.1)
         yield first
 
-
-def _pickled(function, *args):
-    import pickle
-    return pickle.dumps((function, args, {}))
 
 
 class Environment(s.PoolTestCase):
@@ -351,7 +347,7 @@ class Stopping(s.PoolTestCase):
         pool = ProcessPool(min_workers=1, max_workers=1)
         yield pool.start()
         running = pool.submit_call(s.sleep, 0.5)
-        queued = [pool.submit(b"c", _pickled(s.sleep, 0.1), timeout=5) for _ in range(3)]
+        queued = [pool.submit_call(s.sleep, 0.1, timeout=5) for _ in range(3)]
         yield task.deferLater(reactor, 0.1, lambda: None)
         stopped = pool.stop()
         for d in queued:

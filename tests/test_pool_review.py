@@ -129,13 +129,12 @@ class Review(s.PoolTestCase):
     def test_negative_and_nan_timeouts_on_submit_are_refused(self):
         for bad in (-1, float("nan")):
             with self.assertRaises(ValueError, msg=repr(bad)):
-                self.pool.submit(b"c", b"x", timeout=bad)
+                self.pool.submit_call(s.add, 1, timeout=bad)
         self.assertEqual(self.pool.stats()["queued"], 0)
 
     @defer.inlineCallbacks
     def test_submit_timeout_zero_means_no_limit(self):
-        import pickle
-        result = yield self.pool.submit(b"c", pickle.dumps((s.sleep, (0.3,), {})), timeout=0)
+        result = yield self.pool.submit_call(s.sleep, 0.3, timeout=0)
         self.assertEqual(result, 0.3)
 
     def test_a_partial_of_a_main_function_goes_through_dill(self):

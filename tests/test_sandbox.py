@@ -19,8 +19,14 @@ from twisted.internet import defer, reactor, task
 from twisted.logger import globalLogPublisher
 from twisted.trial.unittest import TestCase
 
-from procpool.errors import PoolStopped, ProcPoolTimeout, SerializationError
-from sandbox.errors import SandboxBusy, SandboxError, SandboxUnavailable
+from procpool.errors import (
+    PoolStopped,
+    ProcPoolTimeout,
+    SandboxBusy,
+    SandboxError,
+    SandboxUnavailable,
+    SerializationError,
+)
 from sandbox.host import SandboxPool
 from tests.sandbox_support import BREACHES, ESCAPES
 
@@ -114,7 +120,7 @@ class _Behaviour:
         self.assertIsInstance(err, SandboxError)
         self.assertEqual((err.type_name, err.message, str(err)),
                          ("ValueError", "x", "ValueError: x"))
-        self.assertNotIn("sandbox/", err.traceback)
+        self.assertNotIn("sandbox/", err.remote_traceback)
         self.assertEqual((yield self.pool.run("_return('still here')")), "still here")
 
     @defer.inlineCallbacks

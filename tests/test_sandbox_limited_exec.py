@@ -10,8 +10,8 @@ from twisted.logger import globalLogPublisher
 from twisted.trial.unittest import TestCase
 
 import procpool
+from procpool.errors import SandboxError
 from sandbox import host
-from sandbox.errors import SandboxError
 from sandbox.host import SandboxPool, limited_exec
 
 

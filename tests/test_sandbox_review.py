@@ -22,10 +22,9 @@ from typing import Any
 from twisted.internet import defer, reactor, task
 from twisted.trial.unittest import TestCase
 
-from procpool.errors import ProcPoolTimeout
+from procpool.errors import ProcPoolTimeout, SandboxError, SandboxUnavailable
 from sandbox import host
 from sandbox.child import MAX_CONTAINERS
-from sandbox.errors import SandboxError, SandboxUnavailable
 from sandbox.host import SandboxPool, _parse_reply
 
 _ROOT = os.geteuid() == 0

@@ -17,7 +17,7 @@ from twisted.internet.defer import inlineCallbacks
 from twisted.internet.task import Clock
 from twisted.trial.unittest import TestCase
 
-from procpool.storage.errors import StorageUnavailable, TaskNotStored
+from procpool.errors import StorageUnavailable, TaskNotStored
 from procpool.storage.sqlite import SQLiteStorage
 from procpool.tasks import TaskHandler
 from tests import delay_support as support

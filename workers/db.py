@@ -29,7 +29,7 @@ import os
 from typing import Any
 
 from procpool import settings
-from procpool.settings import SettingError
+from procpool.errors import SettingError
 
 __all__ = ["connection", "close"]
 
@@ -41,7 +41,7 @@ def connection() -> Any:
     """
     This worker's ``psycopg.Connection`` to ``PROCPOOL_DATABASE``: ``connection().execute(...)``.
 
-    Raises :class:`procpool.settings.SettingError` when the setting is not a
+    Raises :class:`procpool.errors.SettingError` when the setting is not a
     ``postgresql://`` DSN, and ``psycopg.OperationalError`` when the server
     cannot be reached (its message never shows the password). A broken
     connection (the server restarted) is replaced on the next call.

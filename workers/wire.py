@@ -24,13 +24,14 @@ worker ->   ``_command=ready``, ``pid``                  started, waiting
 host ->     ``_command=run``, ``_ask``, ``k``, ``p``     run payload ``p``
 worker ->   ``_answer``, ``p``                           pickled result
 worker ->   ``_error``, ``_error_code``,                 the task raised, or
-            ``_error_description``, ``p``                its result could
-                                                         not be sent
+            ``_error_description``, ``p``,               its result could
+            ``size``, ``cap`` (``TOO_LARGE`` only)       not be sent
 ==========  ===========================================  ===================
 
 ``k`` is ``c`` (a pickled ``(callable, args, kwargs)``) or ``s`` (a pickled
 ``(source, globals)``). Error codes: ``REMOTE`` (``p`` is a pickled
-:class:`ErrorInfo` tuple), ``TOO_LARGE`` and ``UNSERIALIZABLE``.
+:class:`ErrorInfo` tuple), ``TOO_LARGE`` (the result's ``size`` is over the
+``cap``, both decimal) and ``UNSERIALIZABLE``.
 The host closes the worker's input to ask it to exit.
 """
 
@@ -42,14 +43,23 @@ from typing import NamedTuple
 
 __all__ = [
     "MAX_VALUE",
+    "REMOTE",
+    "TOO_LARGE",
+    "UNSERIALIZABLE",
     "ErrorInfo",
     "encode_box",
+    "encode_error",
     "encode_run",
     "BoxParser",
     "join_value",
 ]
 
 MAX_VALUE = 0xFFFF
+
+#: Error codes of an ``_error`` box.
+REMOTE = b"REMOTE"
+TOO_LARGE = b"TOO_LARGE"
+UNSERIALIZABLE = b"UNSERIALIZABLE"
 _pack = struct.Struct(">H").pack
 
 
@@ -83,6 +93,20 @@ def encode_box(items: dict[bytes, bytes | memoryview]) -> list[bytes | memoryvie
         out += _pairs(key, value)
     out.append(b"\x00\x00")
     return out
+
+
+def encode_error(ask: bytes, code: bytes, description: str, payload: bytes = b"",
+                 **numbers: int) -> list[bytes | memoryview]:
+    """The ``_error`` box answering ``ask``; ``numbers`` are extra decimal fields."""
+    items: dict[bytes, bytes | memoryview] = {
+        b"_error": ask,
+        b"_error_code": code,
+        b"_error_description": description.encode("utf-8", "replace")[:4000],
+        b"p": payload,
+    }
+    for key, value in numbers.items():
+        items[key.encode()] = str(value).encode()
+    return encode_box(items)
 
 
 _RUN_HEAD = b"".join([_pack(8), b"_command", _pack(3), b"run", _pack(4), b"_ask"])

@@ -25,7 +25,7 @@ import time
 import traceback
 from typing import Any
 
-from workers import wire
+from workers import pickling, wire
 from workers.source import run_source
 
 __all__ = ["main", "serve"]
@@ -33,20 +33,6 @@ __all__ = ["main", "serve"]
 FD_IN = 3
 FD_OUT = 4
 _READ_SIZE = 1 << 20
-
-
-def _dumps(obj: Any) -> bytes:
-    """Pickle, falling back to dill for what plain pickle refuses."""
-    try:
-        data = pickle.dumps(obj, protocol=5)
-    except Exception:
-        import dill
-        return dill.dumps(obj, protocol=5)
-    if b"__main__" in data:
-        # pickle stores __main__ names by reference; the host's __main__ is not ours.
-        import dill
-        return dill.dumps(obj, protocol=5)
-    return data
 
 
 def _write_all(fd: int, parts: list[bytes | memoryview] | bytes) -> None:
@@ -64,15 +50,6 @@ def _write_all(fd: int, parts: list[bytes | memoryview] | bytes) -> None:
             else:
                 pending[0] = head[written:]
                 written = 0
-
-
-def _error_box(ask: bytes, code: bytes, description: str, payload: bytes = b"") -> list:
-    return wire.encode_box({
-        b"_error": ask,
-        b"_error_code": code,
-        b"_error_description": description.encode("utf-8", "replace")[:4000],
-        b"p": payload,
-    })
 
 
 def _describe(exc: BaseException) -> wire.ErrorInfo:
@@ -114,15 +91,16 @@ def answer(ask: bytes, kind: bytes, payload: bytes, cap: int) -> list:
         if len(data) > cap:
             info = info._replace(pickled=b"", traceback=info.traceback[-20000:])
             data = pickle.dumps(tuple(info), protocol=5)
-        return _error_box(ask, b"REMOTE", info.message, data)
+        return wire.encode_error(ask, wire.REMOTE, info.message, data)
     try:
-        data = _dumps(result)
+        data = pickling.dumps(result)
     except Exception as exc:
-        return _error_box(ask, b"UNSERIALIZABLE",
-                          f"the result, of type {type(result).__name__}, could not be "
-                          f"serialised: {exc}")
+        return wire.encode_error(ask, wire.UNSERIALIZABLE,
+                                 f"the result, of type {type(result).__name__}, could not be "
+                                 f"serialised: {exc}")
     if len(data) > cap:
-        return _error_box(ask, b"TOO_LARGE", f"{len(data)}/{cap}")
+        return wire.encode_error(ask, wire.TOO_LARGE, "the task's result is over the payload cap",
+                                 size=len(data), cap=cap)
     return wire.encode_box({b"_answer": ask, b"p": data})
 
 
@@ -140,13 +118,13 @@ def _wait_briefly(poller: select.poll, spin: float) -> None:
             return
 
 
-def serve(fd_in: int = FD_IN, fd_out: int = FD_OUT, cap: int | None = None,
-          spin: float | None = None) -> None:
-    """Answer ``run`` boxes from ``fd_in`` on ``fd_out`` until ``fd_in`` closes."""
-    if cap is None:
-        cap = int(os.environ.get("PROCPOOL_MAX_PAYLOAD") or 256 * 1024 * 1024)
-    if spin is None:
-        spin = float(os.environ.get("PROCPOOL_SPIN") or 0)
+def serve(cap: int, spin: float, fd_in: int = FD_IN, fd_out: int = FD_OUT) -> None:
+    """
+    Answer ``run`` boxes from ``fd_in`` on ``fd_out`` until ``fd_in`` closes.
+
+    ``cap`` is the largest result in bytes, ``spin`` the seconds to poll
+    for the next task before sleeping (0: never poll).
+    """
     _write_all(fd_out, wire.encode_box({b"_command": b"ready",
                                         b"pid": str(os.getpid()).encode()}))
     parser = wire.BoxParser()
@@ -207,8 +185,24 @@ def _drop_privileges() -> None:
         os.setuid(int(uid))
 
 
+def _started_by_a_host() -> bool:
+    """Are the wire's descriptors and the host's settings there?"""
+    if "PROCPOOL_MAX_PAYLOAD" not in os.environ or "PROCPOOL_SPIN" not in os.environ:
+        return False
+    try:
+        os.fstat(FD_IN)
+        os.fstat(FD_OUT)
+    except OSError:
+        return False
+    return True
+
+
 def main() -> None:
     """Entry point of ``python -m workers``."""
+    if not _started_by_a_host():
+        sys.stderr.write("workers: this is a procpool worker process; procpool's pool starts it "
+                         "with its pipes on fds 3 and 4 (there is nothing to run by hand)\n")
+        sys.exit(2)
     try:
         os.setsid()
     except OSError:
@@ -221,8 +215,11 @@ def main() -> None:
     # What tasks print goes to the host's log; keep it line-buffered.
     sys.stdout = io.TextIOWrapper(open(1, "wb", buffering=0, closefd=False),
                                   line_buffering=True)
+    # The host always sets both (procpool/_spawn.py); the defaults live there.
+    cap = int(os.environ["PROCPOOL_MAX_PAYLOAD"])
+    spin = float(os.environ["PROCPOOL_SPIN"])
     try:
-        serve()
+        serve(cap, spin)
     except BrokenPipeError:
         pass
     sys.exit(0)

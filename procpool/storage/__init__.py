@@ -13,8 +13,8 @@ is the path of a SQLite file::
 
 from __future__ import annotations
 
+from procpool.errors import StorageError, StorageUnavailable, TaskNotStored
 from procpool.storage.base import Storage, StoredTask
-from procpool.storage.errors import StorageError, StorageUnavailable, TaskNotStored
 
 __all__ = ["open_storage", "is_postgres", "Storage", "StoredTask", "StorageError",
            "StorageUnavailable", "TaskNotStored"]

@@ -42,8 +42,8 @@ class Storage(ABC):
     """
     Where persistent tasks live. Example: ``SQLiteStorage("tasks.sqlite3")``.
 
-    Every method may raise :class:`~procpool.storage.errors.StorageError`
-    (:class:`~procpool.storage.errors.StorageUnavailable` when the database
+    Every method may raise :class:`~procpool.errors.StorageError`
+    (:class:`~procpool.errors.StorageUnavailable` when the database
     cannot be reached). After an error the backend drops its connection and
     reconnects on the next call, so it works again once the database is back.
     """

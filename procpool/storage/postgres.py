@@ -20,8 +20,8 @@ from urllib.parse import unquote
 import psycopg
 from psycopg.conninfo import conninfo_to_dict
 
+from procpool.errors import StorageError, StorageUnavailable
 from procpool.storage.base import META, TABLE, Storage, StoredTask
-from procpool.storage.errors import StorageError, StorageUnavailable
 
 __all__ = ["PostgresStorage", "describe_dsn"]
 

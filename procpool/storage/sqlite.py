@@ -16,8 +16,8 @@ import os
 import sqlite3
 from collections.abc import Sequence
 
+from procpool.errors import StorageError, StorageUnavailable
 from procpool.storage.base import META, TABLE, Storage, StoredTask
-from procpool.storage.errors import StorageError, StorageUnavailable
 
 __all__ = ["SQLiteStorage"]
 
