@@ -25,7 +25,7 @@ import os
 import signal
 import time
 from collections import deque
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from twisted.internet import defer, error, protocol
 from twisted.logger import Logger
@@ -33,9 +33,6 @@ from twisted.python.failure import Failure
 
 from procpool import _pipes
 from workers import wire
-
-if TYPE_CHECKING:
-    from procpool.pool import ProcessPool
 
 __all__ = ["Task", "Worker", "WorkerState", "MAX_DEPTH", "SHORT_TASK"]
 
@@ -108,6 +105,16 @@ _MOVES: dict[WorkerState, frozenset[WorkerState]] = {
 }
 
 
+class _Pool(Protocol):
+    """What a worker reports to its pool (procpool.pool.ProcessPool), and nothing more."""
+
+    def _box_received(self, worker: Worker, box: dict[bytes, Any]) -> None: ...
+
+    def _worker_lost(self, worker: Worker) -> None: ...
+
+    def _worker_ended(self, worker: Worker, reason: Failure) -> None: ...
+
+
 class Worker(protocol.ProcessProtocol):
     """
     One worker process: its pipes, its state and the tasks it has in flight.
@@ -115,7 +122,7 @@ class Worker(protocol.ProcessProtocol):
     The worker reports to its pool (``_box_received``, ``_worker_lost``,
     ``_worker_ended``); the pool decides everything else.
 
-    @ivar pool: the :class:`~procpool.pool.ProcessPool` it belongs to.
+    @ivar pool: the pool it belongs to (it reports through ``_Pool``'s methods).
     @ivar pid: its process id, once spawned.
     @ivar state: its :class:`WorkerState`; change it with :meth:`move`.
     @ivar inflight: tasks sent and not yet answered, oldest first; the
@@ -134,7 +141,7 @@ class Worker(protocol.ProcessProtocol):
     @ivar stderr_tail: its last 40 stderr lines (for start errors).
     """
 
-    def __init__(self, pool: ProcessPool) -> None:
+    def __init__(self, pool: _Pool) -> None:
         self.pool = pool
         self.pid: int | None = None
         self.state = WorkerState.STARTING

@@ -44,25 +44,18 @@ kept from ampoule and what was replaced, and why, is in docs/design.md.
 
 from __future__ import annotations
 
-import enum
 import time
 from collections import deque
 from typing import Any
 
 from twisted.internet import defer
 from twisted.logger import Logger
-from twisted.python.failure import Failure
 
 from procpool import _codec, _spawn, settings
+from procpool._supply import PoolState, WorkerSupply
 from procpool._worker import MAX_DEPTH, Task, Worker, WorkerState
-from procpool.errors import (
-    PayloadTooLarge,
-    PoolStopped,
-    ProcPoolTimeout,
-    WorkerCrashed,
-    WorkerStartError,
-)
-from procpool.results import _gather
+from procpool.errors import PayloadTooLarge, PoolStopped, ProcPoolTimeout
+from procpool.results import _chain, _gather
 from workers import wire
 
 __all__ = ["ProcessPool", "PoolState"]
@@ -72,26 +65,10 @@ log = Logger()
 _LATENCIES = 2048
 _COUNTERS = ("tasks_done", "tasks_failed", "tasks_timed_out", "tasks_crashed",
              "workers_started", "workers_crashed", "workers_recycled", "workers_failed_to_start")
-_READY, _RETIRING, _LOST, _KILLED, _DEAD = (
-    WorkerState.READY, WorkerState.RETIRING, WorkerState.LOST, WorkerState.KILLED,
-    WorkerState.DEAD)
+_RETIRING, _KILLED = WorkerState.RETIRING, WorkerState.KILLED
 
 
-class PoolState(enum.StrEnum):
-    """A pool's life: NEW -> RUNNING -> STOPPING -> STOPPED (never started again)."""
-
-    NEW = "new"
-    RUNNING = "running"
-    STOPPING = "stopping"
-    STOPPED = "stopped"
-
-
-def _backoff(failures: int) -> float:
-    """Seconds to wait before starting a worker again after ``failures`` failed starts."""
-    return min(30.0, 0.5 * 2 ** max(0, failures - 1))
-
-
-class ProcessPool:
+class ProcessPool(WorkerSupply):
     """
     A pool of worker processes speaking AMP, fed from one FIFO queue.
 
@@ -402,213 +379,6 @@ class ProcessPool:
         self._replenish()
         self._pump()
 
-    # -- workers coming and going ------------------------------------------
-
-    def _move(self, worker: Worker, state: WorkerState) -> None:
-        """Move ``worker`` to ``state``, keeping ``_ready`` exactly the READY workers."""
-        if worker.state is _READY and state is not _READY:
-            self._ready.remove(worker)
-        worker.move(state)
-        if state is _READY:
-            self._ready.append(worker)
-
-    def _slots_taken(self) -> int:
-        """Workers counted against PROCPOOL_MAX_NPROC: all but the retiring ones."""
-        return sum(1 for w in self._workers if w.state is not _RETIRING)
-
-    def _serving(self) -> int:
-        """Workers counted toward PROCPOOL_MIN_NPROC: neither retiring nor killed."""
-        return sum(1 for w in self._workers if w.state not in (_RETIRING, _KILLED))
-
-    def _spawn(self) -> Worker:
-        worker = Worker(self)
-        self._workers.append(worker)
-        self._starting.add(worker)
-        self.counters["workers_started"] += 1
-        try:
-            self._starter.startPythonProcess(worker)
-        except Exception as exc:
-            self._workers.remove(worker)
-            self._starting.discard(worker)
-            worker.move(_DEAD)
-            error = WorkerStartError(f"could not start a worker process: {exc}")
-            log.error("{error}", error=str(error))
-            self._start_failed(worker, error)
-            return worker
-        worker.start_timer = self.clock.callLater(self.start_timeout, self._start_overdue, worker)
-        return worker
-
-    def _start_failed(self, worker: Worker, error: WorkerStartError) -> None:
-        """A worker did not start: fail what waits for it; try again after a pause."""
-        self._start_failures += 1
-        self.counters["workers_failed_to_start"] += 1
-        # Arm the retry before any errback runs: an errback may stop the pool,
-        # and stop() must find the retry to cancel it.
-        if self.state is PoolState.RUNNING and self._respawn_call is None:
-            self._respawn_call = self.clock.callLater(_backoff(self._start_failures),
-                                                      self._respawn)
-        worker.started.errback(error)
-        if self.state is PoolState.RUNNING and not self._ready and not self._starting:
-            self._fail_queued(error)
-
-    def _start_overdue(self, worker: Worker) -> None:
-        worker.start_timer = None
-        if worker in self._starting and worker.state is not _KILLED:
-            log.error("worker {pid} did not answer within {s} s; killing it",
-                      pid=worker.pid, s=self.start_timeout)
-            worker.stderr_tail.append(f"(no answer within {self.start_timeout:g} s)")
-            self._move(worker, _KILLED)
-            worker.kill_group()
-
-    def _worker_ready(self, worker: Worker) -> None:
-        if worker.state in (_LOST, _KILLED):
-            return  # going away already; its end is settled as a failed start
-        self._starting.discard(worker)
-        self._start_failures = 0
-        if worker.start_timer is not None and worker.start_timer.active():
-            worker.start_timer.cancel()
-        worker.start_timer = None
-        worker.idle_since = self.clock.seconds()
-        log.debug("worker {pid} ready", pid=worker.pid)
-        if self.state is not PoolState.RUNNING or worker.state is _RETIRING:
-            worker.close_input()
-            worker.started.callback(None)
-            return
-        self._move(worker, _READY)
-        old, worker.replaces = worker.replaces, None
-        if old is not None and old.state is _READY:
-            self._retire(old, recycled=True)
-        worker.started.callback(None)
-        self._replenish()
-        self._pump()
-
-    def _worker_lost(self, worker: Worker) -> None:
-        """A worker's pipe closed or a write to it failed: dispatch nothing more to it."""
-        if worker.state in (WorkerState.STARTING, _READY):
-            self._move(worker, _LOST)
-
-    def _grow(self) -> None:
-        if (self.state is PoolState.RUNNING and self._respawn_call is None
-                and self._slots_taken() < self.max_workers
-                and len(self._starting) < len(self._queue)):
-            self._spawn().started.addErrback(lambda f: None)
-
-    def _replenish(self) -> None:
-        if self.state is not PoolState.RUNNING or self._respawn_call is not None:
-            return
-        missing = self.min_workers - self._serving()
-        if missing <= 0:
-            return
-        if self._start_failures:
-            self._respawn_call = self.clock.callLater(_backoff(self._start_failures),
-                                                      self._respawn)
-            return
-        for _ in range(missing):
-            self._spawn().started.addErrback(lambda f: None)
-
-    def _respawn(self) -> None:
-        self._respawn_call = None
-        if self.state is not PoolState.RUNNING:
-            return
-        serving = self._serving()
-        if serving < self.min_workers or (self._queue and serving < self.max_workers):
-            self._spawn().started.addErrback(lambda f: None)
-
-    def _recycle(self, worker: Worker) -> None:
-        """Start a successor; the old worker keeps working until it answers (hides the start)."""
-        if (self.state is not PoolState.RUNNING or self._respawn_call is not None
-                or worker.state is not _READY
-                or self.clock.seconds() < self._recycle_not_before):
-            return  # workers are failing to start: keep this one rather than churn
-        successor = self._spawn()
-        worker.successor = successor
-        successor.replaces = worker
-
-        def failed(_: Failure) -> None:
-            # Keep the old worker; try again after a growing pause.
-            worker.successor = None
-            self._recycle_not_before = self.clock.seconds() + _backoff(self._start_failures)
-
-        successor.started.addErrback(failed)
-
-    def _retire(self, worker: Worker, recycled: bool = False) -> None:
-        if worker.state in (WorkerState.STARTING, _READY):
-            self._move(worker, _RETIRING)
-        if recycled:
-            self.counters["workers_recycled"] += 1
-        # Start the replacement before the old worker leaves, so recycling
-        # costs no throughput (ampoule lost 64% to it).
-        self._replenish()
-        if not worker.inflight and worker not in self._starting:
-            worker.close_input()
-
-    def _worker_ended(self, worker: Worker, reason: Failure) -> None:
-        was = worker.state
-        self._move(worker, _DEAD)
-        self._workers.remove(worker)
-        if worker.start_timer is not None and worker.start_timer.active():
-            worker.start_timer.cancel()
-        exitcode = getattr(reason.value, "exitCode", None)
-        signum = getattr(reason.value, "signal", None)
-        inflight = list(worker.inflight)
-        worker.inflight.clear()
-        if worker in self._starting:
-            self._starting.discard(worker)
-            self._ended_before_ready(worker, exitcode, signum)
-        elif inflight:
-            self._crashed(worker, inflight, exitcode, signum)
-        elif was not in (_RETIRING, _KILLED):
-            self.counters["workers_crashed"] += 1
-            log.warn("idle worker {pid} died (exit code {code}, signal {sig})",
-                     pid=worker.pid, code=exitcode, sig=signum)
-        if self.state is PoolState.RUNNING:
-            self._replenish()
-            self._pump()
-            return
-        self._fail_queued(PoolStopped())
-        if self.state is PoolState.STOPPING and not self._workers:
-            self._finish_stop()
-
-    def _ended_before_ready(self, worker: Worker, exitcode: int | None,
-                            signum: int | None) -> None:
-        how = f"was killed by signal {signum}" if signum else f"exited with code {exitcode}"
-        tail = "\n".join(worker.stderr_tail) or "(it wrote nothing to stderr)"
-        error = WorkerStartError(f"worker {worker.pid} {how} before it was ready:\n{tail}")
-        if self.state is PoolState.RUNNING:
-            log.error("{error}", error=str(error))
-        self._start_failed(worker, error)
-
-    def _crashed(self, worker: Worker, inflight: list[Task], exitcode: int | None,
-                 signum: int | None) -> None:
-        """The oldest task in flight killed its worker; the others never started."""
-        first = inflight[0]
-        first.cancel_timer()
-        self.counters["tasks_crashed"] += 1
-        self.counters["workers_crashed"] += 1
-        log.warn("worker {pid} died while running a task (exit code {code}, signal {sig})",
-                 pid=worker.pid, code=exitcode, sig=signum)
-        # Put the tasks that never started back first: the errback may stop
-        # the pool, which must then fail them rather than lose them.
-        self._queue.extendleft(reversed(inflight[1:]))
-        first.deferred.errback(WorkerCrashed(worker.pid, exitcode, signum))
-
-    def _reap_interval(self) -> float:
-        return max(0.5, min(self.idle / 2, 30.0))
-
-    def _reap(self) -> None:
-        """Retire workers idle for PROCPOOL_IDLE seconds, down to the minimum."""
-        self._reaper = None
-        if self.state is not PoolState.RUNNING:
-            return
-        now = self.clock.seconds()
-        for worker in list(self._ready):
-            if len(self._ready) <= self.min_workers:
-                break
-            if not worker.inflight and now - worker.idle_since >= self.idle:
-                log.debug("worker {pid} idle for {s} s; stopping it", pid=worker.pid, s=self.idle)
-                self._retire(worker)
-        self._reaper = self.clock.callLater(self._reap_interval(), self._reap)
-
     # -- figures ---------------------------------------------------------
 
     def stats(self) -> dict[str, Any]:
@@ -644,17 +414,3 @@ class ProcessPool:
                 "queued": 0, "in_flight": 0, "pids": [], **dict.fromkeys(_COUNTERS, 0),
                 "latency_p50_ms": None, "latency_p99_ms": None}
 
-
-def _chain(d: defer.Deferred) -> defer.Deferred:
-    """A new Deferred that fires with ``d``'s result, leaving ``d`` untouched."""
-    out: defer.Deferred = defer.Deferred()
-
-    def relay(result: Any) -> Any:
-        if isinstance(result, Failure):
-            out.errback(result)
-        else:
-            out.callback(result)
-        return result
-
-    d.addBoth(relay)
-    return out

@@ -142,3 +142,18 @@ def _gather(waits: Iterable[defer.Deferred]) -> defer.Deferred[None]:
 def _first_error(failure: Failure) -> Failure:
     failure.trap(defer.FirstError)
     return failure.value.subFailure
+
+
+def _chain(d: defer.Deferred) -> defer.Deferred:
+    """A new Deferred that fires with ``d``'s result, leaving ``d`` untouched."""
+    out: defer.Deferred = defer.Deferred()
+
+    def relay(result: Any) -> Any:
+        if isinstance(result, Failure):
+            out.errback(result)
+        else:
+            out.callback(result)
+        return result
+
+    d.addBoth(relay)
+    return out

@@ -9,7 +9,7 @@ import sys
 import textwrap
 import time
 
-from twisted.internet import defer, reactor, task
+from twisted.internet import defer, task
 
 from procpool import PayloadTooLarge, PoolStopped, WorkerCrashed
 from procpool.pool import ProcessPool
@@ -74,13 +74,22 @@ class Review(s.PoolTestCase):
         yield defer.gatherResults([pool.submit_call(s.add, i) for i in range(200)])
         before = [pool.submit_call(s.add, i) for i in range(3)]
         crash = pool.submit_call(s.exit_now, 5)
-        crash.addErrback(lambda f: pool.stop())
+
+        def stop_the_pool(failure):
+            pool.stop()
+            return failure
+
+        crash.addErrback(stop_the_pool)
         after = [pool.submit_call(s.add, i) for i in range(20)]
-        yield crash
-        settled = yield defer.DeferredList(before + after, consumeErrors=True)
-        self.assertEqual(len(settled), 23)
-        for ok, value in settled:
-            self.assertTrue(ok or value.check(PoolStopped), value)
+        with self.assertRaises(WorkerCrashed):
+            yield crash
+        # One worker answers in order: the three before the crash ran; the
+        # twenty behind it never started, and the stop failed each of them.
+        self.assertEqual([d.called for d in before + after], [True] * 23)
+        self.assertEqual((yield defer.gatherResults(before)), [0, 1, 2])
+        for d in after:
+            with self.assertRaises(PoolStopped):
+                yield d
 
     @defer.inlineCallbacks
     def test_workers_use_the_pools_payload_cap_not_the_settings(self):
@@ -100,30 +109,46 @@ class Review(s.PoolTestCase):
                             for p in w._partial.values()))
 
     @defer.inlineCallbacks
-    def test_recycling_does_not_churn_while_workers_cannot_start(self):
+    def test_recycling_backs_off_while_workers_cannot_start_then_resumes(self):
         folder = self.mktemp()
         os.makedirs(folder)
-        pool = self._pool(min_workers=1, max_workers=1, directory=folder, recycle=5)
+        clock = task.Clock()  # back-off pauses pass only when the test says so
+        pool = self._pool(min_workers=1, max_workers=1, directory=folder, recycle=5,
+                          clock=clock)
         yield pool.start()
         os.rename(folder, folder + ".away")
         self.addCleanup(lambda: os.path.exists(folder + ".away")
                         and os.rename(folder + ".away", folder))
-        # 2 s of tasks: a successor's failure is noticed well within it.
-        results = []
-        for _ in range(40):
-            results.append((yield pool.submit_call(s.sleep, 0.05)))
-        self.assertEqual(results, [0.05] * 40)
-        failures = pool.stats()["workers_failed_to_start"]
-        self.assertGreaterEqual(failures, 1)   # it did try to recycle
-        self.assertLessEqual(failures, 4)      # ... and backed off (0.5, 1, 2 s)
+
+        def failures():
+            return pool.stats()["workers_failed_to_start"]
+
+        @defer.inlineCallbacks
+        def run(n):
+            results = []
+            for i in range(n):
+                results.append((yield pool.submit_call(s.add, i)))
+            self.assertEqual(results, list(range(n)))
+
+        # Each pause is 0.5, 1, 2 s: within one, no task tries another successor.
+        for attempt, pause in ((1, 0.5), (2, 1.0), (3, 2.0)):
+            yield run(10)
+            self.assertTrue((yield s.wait_until(lambda n=attempt: failures() >= n, 10)))
+            yield run(40)
+            self.assertEqual(failures(), attempt, pool.stats())
+            if attempt < 3:
+                clock.advance(pause - 0.1)
+                yield run(10)
+                self.assertEqual(failures(), attempt, pool.stats())
+                clock.advance(0.1)
         # Once workers can start again, recycling resumes after the pause.
         os.rename(folder + ".away", folder)
         first = pool.stats()["pids"]
-        yield task.deferLater(reactor, 2.5, lambda: None)
-        for i in range(10):
-            yield pool.submit_call(s.add, i)
+        clock.advance(2.0)
+        yield run(10)
         moved = yield s.wait_until(lambda: pool.stats()["pids"] != first, 10)
         self.assertTrue(moved, pool.stats())
+        self.assertEqual(failures(), 3)
         self.flushLoggedErrors()
 
     def test_negative_and_nan_timeouts_on_submit_are_refused(self):
