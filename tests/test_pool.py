@@ -1,5 +1,5 @@
 """
-The pool: each of ampoule's measured defects (spec/pool.md), pinned against
+The pool: each of ampoule's measured defects (numbered in docs/design.md), pinned against
 real worker processes, real signals and real pipes.
 """
 

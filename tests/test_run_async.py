@@ -1,4 +1,4 @@
-"""run_async, line by line from contract.md, against real worker processes."""
+"""run_async, line by line from the README's run_async section, against real worker processes."""
 
 from __future__ import annotations
 

@@ -1,0 +1,84 @@
+"""A worker's one state field and its legal moves; the pool's state; the public surface."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+import procpool
+from procpool import _worker
+from procpool._worker import Worker, WorkerState
+from procpool.pool import PoolState, ProcessPool
+
+LEGAL = {
+    ("starting", "ready"), ("starting", "retiring"), ("starting", "lost"),
+    ("starting", "killed"), ("starting", "dead"),
+    ("ready", "retiring"), ("ready", "lost"), ("ready", "killed"), ("ready", "dead"),
+    ("retiring", "killed"), ("retiring", "dead"),
+    ("lost", "killed"), ("lost", "dead"),
+    ("killed", "dead"),
+}
+
+
+@pytest.mark.parametrize("old", list(WorkerState), ids=lambda s: s.value)
+@pytest.mark.parametrize("new", list(WorkerState), ids=lambda s: s.value)
+def test_a_worker_moves_only_as_its_lifecycle_drawing_allows(old, new):
+    worker = Worker(pool=None)
+    worker.state = old
+    if (old.value, new.value) in LEGAL:
+        worker.move(new)
+        assert worker.state is new
+    else:
+        with pytest.raises(RuntimeError, match="is not a legal move"):
+            worker.move(new)
+        assert worker.state is old
+
+
+def test_the_drawing_in_the_module_docstring_names_every_state():
+    for state in WorkerState:
+        assert state.name in _worker.__doc__
+
+
+def test_a_new_pool_is_new_and_its_state_compares_as_text():
+    pool = ProcessPool(min_workers=1, max_workers=1)
+    assert pool.state is PoolState.NEW
+    assert pool.state == "new"
+    assert pool.stats()["state"] == "new"
+
+
+def test_stats_before_any_pool_has_the_same_figures_as_a_pool():
+    assert set(ProcessPool.figures_before_start()) == set(ProcessPool().stats())
+
+
+@pytest.mark.parametrize("bad", [-1, float("nan"), "5", True])
+def test_a_bad_timeout_is_refused_by_the_one_rule_wherever_it_is_given(bad):
+    pool = ProcessPool(min_workers=1, max_workers=1)
+    with pytest.raises(procpool.SettingError):
+        pool.submit_call(len, "x", timeout=bad)
+    with pytest.raises(procpool.SettingError):
+        procpool.run_async(len, "x", proc_timeout=bad)
+    with pytest.raises(procpool.SettingError):
+        procpool.configure(PROCPOOL_TIMEOUT=bad if bad != "5" else "five")
+    assert pool.state is PoolState.NEW  # nothing was queued, nothing started
+
+
+def test_what_users_hold_is_exported_and_every_error_is_in_one_module():
+    from procpool import errors
+    assert procpool.AsyncResult.__name__ == "AsyncResult"
+    assert procpool.TaskHandle.__name__ == "TaskHandle"
+    for name in errors.__all__:
+        assert getattr(procpool, name) is getattr(errors, name)
+        assert issubclass(getattr(errors, name), errors.ProcPoolError)
+    for name in procpool.__all__:
+        assert getattr(procpool, name) is not None
+
+
+def test_the_worker_run_by_hand_says_what_it_is_in_one_line():
+    done = subprocess.run([sys.executable, "-m", "workers"], capture_output=True, text=True,
+                          timeout=30)
+    assert done.returncode == 2
+    assert done.stdout == ""
+    assert len(done.stderr.strip().splitlines()) == 1
+    assert "procpool worker process" in done.stderr
