@@ -1,9 +1,19 @@
 """
 procpool: a process pool for Twisted servers.
 
-(The drawing of one call's path is in procpool/pool.py, and in docs/design.md.)
+One call's path (drawn in full at the top of procpool/pool.py, and in
+docs/design.md), beside the sandbox's::
 
-Public API::
+    run_async(f, *args, **kw)            limited_exec(source, **globals)
+      -> pickle (dill if need be)          -> JSON request, per-caller quota
+      -> queue -> AMP worker process       -> a warm, confined child
+      -> answer, in order                  -> one JSON reply, then exit
+      -> AsyncResult: at_return / at_err, in the reactor thread
+
+Public API (``__all__``): ``run_async``, ``limited_exec``, ``delay``,
+``interactive``/``returnValue``, ``start``/``stop``/``stats``/``configure``,
+what they hand back (``AsyncResult``, ``TaskHandle``, ``ProcessPool`` from
+``get_pool()``) and every error class (all in :mod:`procpool.errors`)::
 
     >>> import procpool
     >>> d = procpool.run_async("_return(1 + 2)")   # a Deferred that fires with 3

@@ -15,6 +15,7 @@ from collections.abc import Callable
 from typing import Any, NamedTuple
 
 from twisted.internet import defer
+from twisted.python import threadable
 from twisted.python.failure import Failure
 
 from procpool import _codec, _services, settings, tasks
@@ -62,10 +63,17 @@ def _take_options(kwargs: dict[str, Any]) -> _Options:
         at_return_kwargs=_optional_dict("at_return_kwargs", kwargs.pop("at_return_kwargs", None)),
         at_err=_optional_callable("at_err", kwargs.pop("at_err", None)),
         at_err_kwargs=_optional_dict("at_err_kwargs", kwargs.pop("at_err_kwargs", None)),
-        use_thread=bool(kwargs.pop("use_thread", False)),
+        use_thread=_flag("use_thread", kwargs.pop("use_thread", False)),
         proc_timeout=kwargs.pop("proc_timeout", None),
-        sandbox=bool(kwargs.pop("sandbox", False)),
+        sandbox=_flag("sandbox", kwargs.pop("sandbox", False)),
     )
+
+
+def _flag(name: str, value: Any) -> bool:
+    # A string such as "no" is true to bool(): refuse anything but a bool.
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be True or False, got {value!r}")
+    return value
 
 
 def _optional_callable(name: str, value: Any) -> Callable[..., Any] | None:
@@ -114,20 +122,53 @@ def run_async(to_execute: Callable[..., Any] | str, *args: Any, **kwargs: Any) -
 
     With no ``at_err``, a failure is logged once, unless you chained an
     errback of your own on the returned Deferred, which then receives it.
+    Called from another thread, the input is checked there and the work is
+    handed to the reactor thread (see the README).
     """
     options = _take_options(kwargs)
     what = _describe(to_execute, args)
-    if options.sandbox:
-        d = _in_sandbox(to_execute, kwargs, options.proc_timeout)
-    elif options.use_thread or not settings.cached("PROCPOOL_ENABLED"):
-        d = _in_thread(to_execute, args, kwargs, _timeout(options.proc_timeout))
-    elif _stopped:
-        d = defer.fail(PoolStopped("procpool.stop() was called; call procpool.start() to "
-                                   "run more work"))
-    else:
-        d = _in_pool(to_execute, args, kwargs, _timeout(options.proc_timeout), what)
+    if threadable.ioThread is not None and not threadable.isInIOThread():
+        return _from_another_thread(to_execute, args, kwargs, options, what)
+    d = _dispatch(to_execute, args, kwargs, options, what)
     return _attach_callbacks(d, options.at_return, options.at_return_kwargs,
                              options.at_err, options.at_err_kwargs, what)
+
+
+def _dispatch(to_execute: Any, args: tuple[Any, ...], kwargs: dict[str, Any],
+              options: _Options, what: str) -> defer.Deferred:
+    """Send the work where it runs; the reactor thread only."""
+    if options.sandbox:
+        return _in_sandbox(to_execute, kwargs, options.proc_timeout)
+    if options.use_thread or not settings.cached("PROCPOOL_ENABLED"):
+        return _in_thread(to_execute, args, kwargs, _timeout(options.proc_timeout))
+    if _stopped:
+        return defer.fail(PoolStopped("procpool.stop() was called; call procpool.start() to "
+                                      "run more work"))
+    return _in_pool(to_execute, args, kwargs, _timeout(options.proc_timeout), what)
+
+
+def _from_another_thread(to_execute: Any, args: tuple[Any, ...], kwargs: dict[str, Any],
+                         options: _Options, what: str) -> AsyncResult:
+    """
+    Called outside the reactor thread: hand the work over with
+    ``callFromThread``. The callbacks run in the reactor thread as always; the
+    returned Deferred belongs to the reactor thread too, so chain on it only
+    from there (or use at_return/at_err, or ``blockingCallFromThread``).
+    """
+    from twisted.internet import reactor
+    out = _attach_callbacks(AsyncResult(), options.at_return, options.at_return_kwargs,
+                            options.at_err, options.at_err_kwargs, what)
+
+    def send() -> None:
+        try:
+            d = _dispatch(to_execute, args, kwargs, options, what)
+        except Exception:
+            out.errback(Failure())
+        else:
+            d.chainDeferred(out)
+
+    reactor.callFromThread(send)
+    return out
 
 
 def _timeout(given: Any) -> float | None:

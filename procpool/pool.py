@@ -54,7 +54,7 @@ from twisted.logger import Logger
 from procpool import _codec, _spawn, settings
 from procpool._supply import PoolState, WorkerSupply
 from procpool._worker import MAX_DEPTH, Task, Worker, WorkerState
-from procpool.errors import PayloadTooLarge, PoolStopped, ProcPoolTimeout
+from procpool.errors import PayloadTooLarge, PoolStopped, ProcPoolTimeout, SettingError
 from procpool.results import _chain, _gather
 from workers import wire
 
@@ -99,11 +99,16 @@ class ProcessPool(WorkerSupply):
         self.reactor = reactor
         self.clock = clock if clock is not None else reactor
 
+        values = settings.snapshot()  # checks the settings together, from code or environment
+
         def pick(given: Any, name: str) -> Any:
-            return given if given is not None else settings.get(name)
+            return given if given is not None else values[name]
 
         self.min_workers = pick(min_workers, "PROCPOOL_MIN_NPROC")
-        self.max_workers = max(pick(max_workers, "PROCPOOL_MAX_NPROC"), self.min_workers)
+        self.max_workers = pick(max_workers, "PROCPOOL_MAX_NPROC")
+        if self.min_workers > self.max_workers:
+            raise SettingError(f"min_workers ({self.min_workers}) must not exceed max_workers "
+                               f"({self.max_workers})")
         self.idle = pick(idle, "PROCPOOL_IDLE")
         self.recycle = pick(recycle, "PROCPOOL_RECYCLE")
         self.max_payload = pick(max_payload, "PROCPOOL_MAX_PAYLOAD")

@@ -219,11 +219,23 @@ def _check(name: str, value: Any) -> Any:
     return row.check(name, value)
 
 
-def _validate_together(values: Mapping[str, Any]) -> None:
+def _origin(name: str, giving: Mapping[str, Any]) -> str:
+    if name in giving or name in _given:
+        return "given to configure()"
+    if name in os.environ:
+        return "from the environment"
+    return "the default"
+
+
+def _validate_together(values: Mapping[str, Any], giving: Mapping[str, Any] = {}) -> None:
+    """The rules between settings; the same whether they came from code or the environment."""
     low, high = values["PROCPOOL_MIN_NPROC"], values["PROCPOOL_MAX_NPROC"]
     if low > high:
         raise SettingError(
-            f"PROCPOOL_MIN_NPROC ({low}) must not exceed PROCPOOL_MAX_NPROC ({high})")
+            f"PROCPOOL_MIN_NPROC ({low}, {_origin('PROCPOOL_MIN_NPROC', giving)}) must not exceed "
+            f"PROCPOOL_MAX_NPROC ({high}, {_origin('PROCPOOL_MAX_NPROC', giving)}): set "
+            f"PROCPOOL_MAX_NPROC to {low} or more as well, or PROCPOOL_MIN_NPROC to {high} "
+            "or less")
 
 
 def configure(**values: Any) -> None:
@@ -236,9 +248,9 @@ def configure(**values: Any) -> None:
     a pool starts.
     """
     checked = {name: _check(name, value) for name, value in values.items()}
-    merged = snapshot()
+    merged = {name: get(name) for name in SETTINGS}
     merged.update(checked)
-    _validate_together(merged)
+    _validate_together(merged, checked)
     _given.update(checked)
     _from_env.clear()
 
@@ -273,8 +285,12 @@ def refresh() -> None:
 
 
 def snapshot() -> dict[str, Any]:
-    """Every setting's value in force, as a new dict (also validates the environment)."""
+    """
+    Every setting's value in force, as a new dict; each is checked, and so
+    are the rules between them (a pool reads its settings through this).
+    """
     values = {name: get(name) for name in SETTINGS}
+    _validate_together(values)
     return values
 
 

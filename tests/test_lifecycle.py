@@ -82,3 +82,28 @@ def test_the_worker_run_by_hand_says_what_it_is_in_one_line():
     assert done.stdout == ""
     assert len(done.stderr.strip().splitlines()) == 1
     assert "procpool worker process" in done.stderr
+
+
+def test_min_above_the_default_max_says_how_to_fix_it():
+    with pytest.raises(procpool.SettingError) as caught:
+        procpool.configure(PROCPOOL_MIN_NPROC=5)
+    text = str(caught.value)
+    assert "PROCPOOL_MIN_NPROC (5, given to configure())" in text
+    assert "PROCPOOL_MAX_NPROC (4, the default)" in text
+    assert "set PROCPOOL_MAX_NPROC to 5 or more" in text
+    procpool.configure(PROCPOOL_MIN_NPROC=5, PROCPOOL_MAX_NPROC=5)  # the fix it names
+
+
+def test_min_above_max_from_the_environment_is_refused_when_a_pool_is_made(monkeypatch):
+    monkeypatch.setenv("PROCPOOL_MIN_NPROC", "5")
+    monkeypatch.setenv("PROCPOOL_MAX_NPROC", "2")
+    with pytest.raises(procpool.SettingError) as caught:
+        ProcessPool()
+    assert "PROCPOOL_MIN_NPROC (5, from the environment)" in str(caught.value)
+    procpool.configure(PROCPOOL_MAX_NPROC=6)  # code may repair what the environment says
+    assert ProcessPool().max_workers == 6
+
+
+def test_a_pool_refuses_a_minimum_above_its_maximum():
+    with pytest.raises(procpool.SettingError, match="min_workers"):
+        ProcessPool(min_workers=3, max_workers=2)

@@ -234,9 +234,53 @@ class ThreadFallback(s.PoolTestCase):
         self.assertIs(seen[0].type, ZeroDivisionError)
 
     @defer.inlineCallbacks
-    def test_thread_timeout_fails_the_deferred(self):
-        with self.assertRaises(procpool.ProcPoolTimeout):
+    def test_thread_timeout_fails_the_deferred_and_says_no_worker_was_killed(self):
+        with self.assertRaises(procpool.ProcPoolTimeout) as caught:
             yield procpool.run_async(s.sleep, 1.0, use_thread=True, proc_timeout=0.2)
+        self.assertNotIn("worker", str(caught.exception))
+        self.assertIn("thread", str(caught.exception))
+        self.assertEqual(caught.exception.limit, 0.2)
+
+    def test_use_thread_and_sandbox_take_booleans_only(self):
+        for name, value in (("use_thread", "no"), ("use_thread", 1), ("sandbox", "yes")):
+            with self.assertRaises(TypeError, msg=name) as caught:
+                procpool.run_async("1", **{name: value})
+            self.assertIn(name, str(caught.exception))
+
+
+class FromAnotherThread(s.PoolTestCase):
+    @defer.inlineCallbacks
+    def test_a_call_from_another_thread_is_handed_to_the_reactor_thread(self):
+        from twisted.internet import reactor, threads
+        seen = []
+        done = defer.Deferred()
+
+        def at_return(result):
+            seen.append((result, threading.current_thread() is threading.main_thread()))
+            done.callback(None)
+
+        def in_a_thread():
+            procpool.run_async(s.add, 1, 2, at_return=at_return)
+            return threading.current_thread() is threading.main_thread()
+
+        on_main = yield threads.deferToThreadPool(reactor, reactor.getThreadPool(), in_a_thread)
+        self.assertFalse(on_main)
+        yield done
+        self.assertEqual(seen, [(3, True)])
+
+    @defer.inlineCallbacks
+    def test_bad_input_from_another_thread_raises_in_that_thread(self):
+        from twisted.internet import reactor, threads
+
+        def in_a_thread():
+            try:
+                procpool.run_async(42)
+            except TypeError as exc:
+                return str(exc)
+            return None
+
+        text = yield threads.deferToThreadPool(reactor, reactor.getThreadPool(), in_a_thread)
+        self.assertIn("callable or a string", text)
 
 
 class LateChaining(s.PoolTestCase):
