@@ -10,6 +10,7 @@ box keys in workers/wire.py); this module adds the host's errors::
 from __future__ import annotations
 
 import pickle
+import sys
 from typing import Any
 
 from procpool.errors import PayloadTooLarge, RemoteError, SerializationError
@@ -70,9 +71,24 @@ def _rebuild(box: dict[bytes, Any], payload: bytes | memoryview) -> BaseExceptio
             exc = pickle.loads(info.pickled)
         except Exception:
             exc = None
+    elif info.main_args:
+        exc = _from_main(info)
     if not isinstance(exc, Exception):
         # SystemExit, KeyboardInterrupt etc. must not be re-raised in the host.
         return RemoteError(info.type_name, info.message, info.traceback)
     exc.remote_traceback = info.traceback  # type: ignore[attr-defined]
     exc.add_note("Raised in a procpool worker; remote traceback:\n" + info.traceback.rstrip())
     return exc
+
+
+def _from_main(info: wire.ErrorInfo) -> BaseException | None:
+    """An exception of a class the host's ``__main__`` defines, rebuilt from its args."""
+    cls: Any = sys.modules.get("__main__")
+    for part in info.type_name.split("."):
+        cls = getattr(cls, part, None)
+    if not (isinstance(cls, type) and issubclass(cls, Exception)):
+        return None
+    try:
+        return cls(*pickle.loads(info.main_args))
+    except Exception:
+        return None

@@ -5,11 +5,15 @@ from __future__ import annotations
 import gc
 import math
 import os
+import subprocess
+import sys
+import textwrap
 import threading
 
 from twisted.internet import defer
 from twisted.logger import globalLogPublisher
 from twisted.python.failure import Failure
+from twisted.trial import unittest
 
 import procpool
 from procpool import RemoteError, SerializationError
@@ -246,6 +250,34 @@ class ThreadFallback(s.PoolTestCase):
             with self.assertRaises(TypeError, msg=name) as caught:
                 procpool.run_async("1", **{name: value})
             self.assertIn(name, str(caught.exception))
+
+
+class MainExceptions(unittest.TestCase):
+    def test_an_exception_class_from_the_hosts_main_comes_back_as_itself(self):
+        code = textwrap.dedent("""
+            import procpool
+            from twisted.internet import reactor
+            procpool.configure(PROCPOOL_MIN_NPROC=1, PROCPOOL_MAX_NPROC=1)
+            class OutOfMana(Exception):
+                pass
+            def cast(spell):
+                raise OutOfMana(spell, 3)
+            out = []
+            def go():
+                d = procpool.run_async(cast, "fireball")
+                d.addErrback(lambda f: out.append((f.check(OutOfMana) is OutOfMana,
+                                                   f.value.args,
+                                                   "in cast" in f.value.remote_traceback)))
+                d.addBoth(lambda _: procpool.stop())
+                d.addBoth(lambda _: reactor.stop())
+            reactor.callWhenRunning(go)
+            reactor.run()
+            print(out)
+        """)
+        done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                              timeout=60)
+        self.assertEqual(done.stdout.strip(), "[(True, ('fireball', 3), True)]",
+                         done.stderr[-2000:])
 
 
 class FromAnotherThread(s.PoolTestCase):

@@ -70,6 +70,7 @@ class ErrorInfo(NamedTuple):
     message: str         # str(exc)
     traceback: str       # formatted in the worker
     pickled: bytes       # pickle of the exception itself, or b"" if it would not pickle
+    main_args: bytes = b""  # for a class of the host's __main__: pickle of exc.args
 
 
 def _pairs(key: bytes, value: bytes | memoryview) -> list[bytes | memoryview]:

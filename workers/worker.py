@@ -67,7 +67,16 @@ def _describe(exc: BaseException) -> wire.ErrorInfo:
         pickle.loads(pickled)  # an exception that pickles but won't load is no use
     except Exception:
         pickled = b""
-    return wire.ErrorInfo(type_name, message, text, pickled)
+    main_args = b""
+    if not pickled and kind.__module__ == "__main__":
+        # A class the host defined in its __main__ came here by value (dill)
+        # and cannot be pickled by reference: send its arguments, and the
+        # host rebuilds it from its own __main__.
+        try:
+            main_args = pickle.dumps(tuple(exc.args), protocol=5)
+        except Exception:
+            main_args = b""
+    return wire.ErrorInfo(type_name, message, text, pickled, main_args)
 
 
 def run_task(kind: bytes, payload: bytes) -> Any:
