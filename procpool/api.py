@@ -56,8 +56,14 @@ class _Options(NamedTuple):
     sandbox: bool
 
 
+_RESERVED = frozenset(_Options._fields) | {"at_return_kwargs", "at_err_kwargs"}
+_NO_OPTIONS = _Options(None, {}, None, {}, False, None, False)
+
+
 def _take_options(kwargs: dict[str, Any]) -> _Options:
     """Remove the reserved keyword arguments from ``kwargs``; refuse bad ones."""
+    if not kwargs or _RESERVED.isdisjoint(kwargs):
+        return _NO_OPTIONS  # the common call: nothing reserved (saves about 1 us)
     return _Options(
         at_return=_optional_callable("at_return", kwargs.pop("at_return", None)),
         at_return_kwargs=_optional_dict("at_return_kwargs", kwargs.pop("at_return_kwargs", None)),
