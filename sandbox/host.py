@@ -25,44 +25,34 @@ from __future__ import annotations
 import binascii
 import importlib.util
 import json
-import keyword
 import marshal
 import math
 import os
-import signal
 import sys
 from collections import deque
 from collections.abc import Callable, Hashable
 from typing import Any
 
 from twisted.internet import defer
-from twisted.internet.protocol import ProcessProtocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from procpool import settings
 from procpool._services import register_stop
 from procpool.errors import (
-    PayloadTooLarge,
     PoolStopped,
-    ProcPoolTimeout,
     SandboxBusy,
-    SandboxError,
     SandboxUnavailable,
-    SerializationError,
 )
 from procpool.results import _attach_callbacks
-from sandbox.child import BOOTSTRAP, MAX_CONTAINERS, PRECOMPILED, count_containers
+from sandbox._process import Child, Request
+from sandbox.child import BOOTSTRAP, PRECOMPILED
+from sandbox.replies import MAX_REQUEST, encode_request
 
 __all__ = ["SandboxPool", "get_pool", "limited_exec", "run_sandboxed", "stop"]
 
 log = Logger()
 
-MAX_DEPTH = 100  # nesting accepted in a reply
-_MAX_REQUEST = 16 << 20
-_HEADER_CAP = 64 << 10
-_STDERR_CAP = 16 << 10
-_KILL_GRACE = 2.0  # seconds a killed child may take to end before its pipes are closed
 
 
 def _child_paths() -> list[str]:
@@ -122,284 +112,6 @@ def _resolve_ids(user: str | int, group: str | int) -> tuple[int | None, int | N
     return uid, gid
 
 
-def _encode_request(source: Any, context: dict[str, Any]) -> bytes:
-    if not isinstance(source, str):
-        raise TypeError(f"sandboxed source must be a str, got {type(source).__name__}")
-    for name, value in context.items():
-        if not isinstance(name, str) or not name.isidentifier() or keyword.iskeyword(name) \
-                or name.startswith("_"):
-            raise SerializationError(
-                f"sandbox context name {name!r} is not usable: names must be identifiers "
-                "that do not start with '_'")
-        try:
-            json.dumps(value, allow_nan=False)
-        except (TypeError, ValueError, RecursionError) as e:
-            raise SerializationError(
-                f"sandbox context value {name!r} is not JSON-able ({e}); only None, bool, "
-                "int, float, str, list and dict cross into the sandbox") from None
-    data = json.dumps({"source": source, "context": context}).encode("ascii")
-    if len(data) > _MAX_REQUEST:
-        raise PayloadTooLarge("sandboxed request", len(data), _MAX_REQUEST)
-    return data
-
-
-def _too_deep(obj: Any, limit: int) -> bool:
-    """Whether ``obj`` nests deeper than ``limit`` (itself at depth 1); level by level."""
-    level = [obj]
-    for _ in range(limit):
-        containers = [c for c in level if c.__class__ is list or c.__class__ is dict]
-        if not containers:
-            return False
-        level = []
-        for c in containers:
-            level.extend(c if c.__class__ is list else c.values())
-    return bool(level)
-
-
-def _refuse_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not JSON")
-
-
-def _has_unpaired_surrogates(reply: Any) -> bool:
-    try:
-        json.dumps(reply, ensure_ascii=False).encode("utf-8")
-    except UnicodeEncodeError:
-        return True
-    return False
-
-
-def _parse_reply(line: bytes) -> Any:
-    """
-    The result of one reply line, or raise the SandboxError it describes.
-
-    Strict JSON only: no NaN or infinities, and no text the server could not
-    encode again (unpaired surrogates, which the child never sends, since
-    it writes UTF-8 and escapes no character above U+007F). At most
-    MAX_CONTAINERS lists and dicts, nested at most MAX_DEPTH deep: the parse
-    runs in the reactor thread, and a megabyte of ``[[], [], ...]`` would
-    hold it for a quarter of a second.
-    """
-    containers = count_containers(line)
-    if containers > MAX_CONTAINERS:  # refused before parsing: parsing them blocks the reactor
-        raise SandboxError("SandboxProtocolError",
-                           f"reply holds more than {MAX_CONTAINERS} lists and dicts")
-    try:
-        reply = json.loads(line, parse_constant=_refuse_constant)
-    except (ValueError, RecursionError) as e:
-        raise SandboxError("SandboxProtocolError", f"reply is not valid JSON ({e})")
-    if containers >= MAX_DEPTH and _too_deep(reply, MAX_DEPTH):  # n of them nest n + 1 deep
-        raise SandboxError("SandboxProtocolError", f"reply nests deeper than {MAX_DEPTH}")
-    if (b"\\ud" in line or b"\\uD" in line) and _has_unpaired_surrogates(reply):
-        raise SandboxError("SandboxProtocolError", "reply holds text that is not valid Unicode")
-    if not isinstance(reply, dict) or not isinstance(reply.get("ok"), bool):
-        raise SandboxError("SandboxProtocolError", "reply is not a sandbox reply")
-    if reply["ok"]:
-        return reply.get("result")
-    type_name, message = reply.get("type"), reply.get("message")
-    if not isinstance(type_name, str) or not isinstance(message, str):
-        raise SandboxError("SandboxProtocolError", "error reply without type and message")
-    tb = reply.get("traceback")
-    raise SandboxError(type_name[:200], message[:4096], tb[:8192] if isinstance(tb, str) else "")
-
-
-class _Request:
-    def __init__(self, payload: bytes, timeout: float, caller: Hashable | None) -> None:
-        self.payload = payload
-        self.timeout = timeout
-        self.caller = caller
-        self.deferred: defer.Deferred[Any] = defer.Deferred()
-        self.done = False
-
-    def finish(self, result: Any) -> None:
-        if not self.done:
-            self.done = True
-            if isinstance(result, Failure):
-                self.deferred.errback(result)
-            else:
-                self.deferred.callback(result)
-
-
-class _Child(ProcessProtocol):
-    """One confined child process: starting -> ready (idle) -> running -> ended."""
-
-    def __init__(self, pool: SandboxPool) -> None:
-        self.pool = pool
-        self.pid: int | None = None
-        self.header: dict[str, Any] | None = None
-        self.request: _Request | None = None
-        self.ended: defer.Deferred[None] = defer.Deferred()
-        self.alive = True
-        self._exited = False  # reaped: its pid may already belong to another process
-        self._warned = False
-        self._grace: Any = None
-        self._stdout = bytearray()
-        self._stdout_size = 0
-        self._stderr = bytearray()
-        self._overflow = False
-        self._timer: Any = None
-        self._cap = pool.max_output + _HEADER_CAP
-
-    # --- driven by the pool ------------------------------------------------
-    def start_request(self, request: _Request) -> None:
-        self.request = request
-        self._timer = self.pool.clock.callLater(request.timeout, self._deadline)
-        self.transport.write(request.payload)
-        self.transport.closeStdin()
-
-    def kill(self) -> None:
-        if not self.alive:
-            return
-        try:
-            os.killpg(self.pid, signal.SIGKILL)  # the child is its session's leader
-        except (OSError, TypeError):
-            try:
-                self.transport.signalProcess("KILL")
-            except Exception:
-                pass
-        if self._grace is None:
-            self._grace = self.pool.clock.callLater(_KILL_GRACE, self._abandon)
-
-    def _abandon(self) -> None:
-        """
-        Killed, yet not ended: something outside its process group holds its
-        pipes (impossible when confined, since it cannot fork). Close them so
-        that it ends and frees its place.
-        """
-        self._grace = None
-        if self.alive:
-            self.transport.loseConnection()
-
-    def _deadline(self) -> None:
-        self._timer = None
-        if self.request is not None:
-            self.request.finish(Failure(ProcPoolTimeout(self.request.timeout)))
-        self.kill()
-
-    # --- ProcessProtocol ---------------------------------------------------
-    def connectionMade(self) -> None:
-        self.pid = self.transport.pid
-
-    def childDataReceived(self, fd: int, data: bytes) -> None:
-        if fd == 2:
-            room = _STDERR_CAP - len(self._stderr)
-            self._stderr += data[:max(room, 0)]
-            if len(data) > room:
-                # Stop reading: a child flooding stderr must not keep the reactor busy.
-                self.transport.closeChildFD(2)
-            return
-        if self._overflow:
-            return
-        self._stdout_size += len(data)
-        if self._stdout_size > self._cap:
-            self._overflow = True
-            self._stdout.clear()
-            self.kill()
-            return
-        self._stdout += data
-        if self.header is None:
-            end = self._stdout.find(b"\n")
-            if end < 0:
-                if len(self._stdout) > _HEADER_CAP:
-                    self._overflow = True
-                    self.kill()
-                return
-            line = bytes(self._stdout[:end])
-            del self._stdout[:end + 1]
-            try:
-                header = json.loads(line)
-            except ValueError:
-                header = {"ready": False, "error": "unreadable ready line"}
-            if not isinstance(header, dict):
-                header = {"ready": False, "error": "unreadable ready line"}
-            self.header = header
-            if header.get("ready") is True:
-                self.pool._child_ready(self)
-            else:
-                self.kill()  # it will not run anything: do not let it linger
-
-    def childConnectionLost(self, fd: int) -> None:
-        """
-        Stdout closed: the child wrote all it will ever write there. If that is
-        exactly one complete reply line, the request is answered now, without
-        waiting for the exit to be reaped; the child is killed at once so that
-        nothing it might still do can matter, and it keeps its place among
-        the running ones until it has been reaped.
-        """
-        request = self.request
-        if fd != 1 or request is None or request.done or self._overflow \
-                or self.header is None or self.header.get("ready") is not True:
-            return
-        if self._stdout.count(b"\n") != 1 or not self._stdout.endswith(b"\n"):
-            return  # processEnded tells a crash from a protocol error
-        if not self._exited:  # the usual case: it is still tearing itself down
-            self.kill()
-        self._warn()
-        try:
-            result = _parse_reply(bytes(self._stdout))
-        except SandboxError:
-            result = Failure()
-        request.finish(result)
-
-    def processExited(self, reason: Failure) -> None:
-        self._exited = True
-
-    def processEnded(self, reason: Failure) -> None:
-        self.alive = False
-        for timer in (self._timer, self._grace):
-            if timer is not None and timer.active():
-                timer.cancel()
-        self._timer = self._grace = None
-        request = self.request
-        if request is not None:
-            self._warn()
-            if not request.done:
-                request.finish(self._outcome(reason))
-        self.pool._child_ended(self)
-        self.ended.callback(None)
-
-    def _warn(self) -> None:
-        if not self._warned:
-            self._warned = True
-            self.pool._warn_about_run(self)
-
-    def _start_error(self) -> str:
-        if self.header is not None and isinstance(self.header.get("error"), str):
-            return self.header["error"]
-        tail = bytes(self._stderr[-400:]).decode("utf-8", "replace").strip()
-        return tail or "the sandbox child exited before it was ready"
-
-    def _outcome(self, reason: Failure) -> Any:
-        if self.header is None or self.header.get("ready") is not True:
-            return Failure(SandboxUnavailable(
-                f"sandboxed child could not be confined: {self._start_error()}"))
-        if self._overflow:
-            return Failure(SandboxError(
-                "OutputTooLarge", f"the sandboxed child wrote more than {self._cap} bytes"))
-        status = getattr(reason.value, "status", None)
-        sig = getattr(reason.value, "signal", None)
-        exitcode = getattr(reason.value, "exitCode", None)
-        if sig is not None or (status is not None and os.WIFSIGNALED(status)):
-            sig = sig if sig is not None else os.WTERMSIG(status)
-            try:
-                name = signal.Signals(sig).name
-            except ValueError:
-                name = f"signal {sig}"
-            hint = " (CPU limit)" if sig == signal.SIGXCPU else ""
-            return Failure(SandboxError("SandboxCrashed", f"sandboxed child was killed by "
-                                                          f"{name}{hint}"))
-        if exitcode:
-            return Failure(SandboxError("SandboxCrashed",
-                                        f"sandboxed child exited with code {exitcode}"))
-        data = bytes(self._stdout)
-        if data.count(b"\n") != 1 or not data.endswith(b"\n"):
-            return Failure(SandboxError("SandboxProtocolError",
-                                        "sandboxed child did not write exactly one reply line"))
-        try:
-            return _parse_reply(data)
-        except SandboxError:
-            return Failure()
-
-
 def _caller_key(caller: Any) -> Hashable | None:
     if caller is None:
         return None
@@ -457,16 +169,16 @@ class SandboxPool:
             "restricted": self.restricted,
             "degraded": self.degraded,
             "max_output": self.max_output,
-            "max_request": _MAX_REQUEST,
+            "max_request": MAX_REQUEST,
             "build": [sys.hexversion, sys.implementation.cache_tag],
         }
         self._args = [self.python, "-I", "-S", "-B", "-c", BOOTSTRAP, json.dumps(self.config),
                       _precompiled_modules()]
-        self._idle: list[_Child] = []
-        self._starting: set[_Child] = set()
-        self._running: set[_Child] = set()
-        self._children: set[_Child] = set()
-        self._queue: deque[_Request] = deque()
+        self._idle: list[Child] = []
+        self._starting: set[Child] = set()
+        self._running: set[Child] = set()
+        self._children: set[Child] = set()
+        self._queue: deque[Request] = deque()
         self._per_caller: dict[Hashable, int] = {}
         self._start_failed: str | None = None
         self._stopped = False
@@ -488,7 +200,7 @@ class SandboxPool:
         :class:`SandboxUnavailable` or ``PoolStopped``. Example:
         ``pool.run("_return(x + 1)", {"x": 1})`` fires with 2.
         """
-        payload = _encode_request(source, dict(context or {}))
+        payload = encode_request(source, dict(context or {}))
         if timeout is None:
             timeout = settings.get("PROCPOOL_SANDBOX_TIMEOUT")
         if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) \
@@ -505,7 +217,7 @@ class SandboxPool:
                     f"caller already has {active} sandboxed runs in progress "
                     f"(PROCPOOL_SANDBOX_PER_CALLER={self.per_caller}); try again when one ends"))
             self._per_caller[key] = active + 1
-        request = _Request(payload, float(timeout), key)
+        request = Request(payload, float(timeout), key)
         request.deferred.addBoth(self._release_caller, key)
         self._queue.append(request)
         self._pump(refill=False)
@@ -543,8 +255,8 @@ class SandboxPool:
                 self._per_caller.pop(key, None)
         return result
 
-    def _spawn(self) -> _Child:
-        child = _Child(self)
+    def _spawn(self) -> Child:
+        child = Child(self)
         # No path=: Twisted then uses posix_spawn instead of forking this large
         # process in Python; the child changes to "/" as its first step.
         self.reactor.spawnProcess(child, self.python, self._args, env={},
@@ -577,13 +289,13 @@ class SandboxPool:
                and len(self._idle) + len(self._starting) < self.warm):
             self._starting.add(self._spawn())
 
-    def _child_ready(self, child: _Child) -> None:
+    def _child_ready(self, child: Child) -> None:
         self._start_failed = None
         if child in self._starting:
             self._starting.discard(child)
             self._idle.append(child)
 
-    def _warn_about_run(self, child: _Child) -> None:
+    def _warn_about_run(self, child: Child) -> None:
         layers = (child.header or {}).get("layers")
         if isinstance(layers, dict) and "degraded" in layers:
             log.warn("sandboxed run without OS confinement (PROCPOOL_SANDBOX_DEGRADED): "
@@ -592,7 +304,7 @@ class SandboxPool:
             log.warn("sandboxed run without the language layer "
                      "(PROCPOOL_SANDBOX_RESTRICTED is off: a testing switch)")
 
-    def _child_ended(self, child: _Child) -> None:
+    def _child_ended(self, child: Child) -> None:
         self._children.discard(child)
         self._running.discard(child)
         if child in self._idle:

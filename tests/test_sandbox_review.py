@@ -23,9 +23,10 @@ from twisted.internet import defer, reactor, task
 from twisted.trial.unittest import TestCase
 
 from procpool.errors import ProcPoolTimeout, SandboxError, SandboxUnavailable
-from sandbox import host
+from sandbox import _process
 from sandbox.child import MAX_CONTAINERS
-from sandbox.host import SandboxPool, _parse_reply
+from sandbox.host import SandboxPool
+from sandbox.replies import parse_reply as _parse_reply
 
 _ROOT = os.geteuid() == 0
 
@@ -131,7 +132,7 @@ class TestPlayerAttacks(_PoolCase):
         err = yield self.error_of(pool.run("import os\nwhile True:\n    os.write(2, b'x' * 65536)",
                                            timeout=10))
         self.assertEqual(err.type_name, "BrokenPipeError")  # the host stopped reading
-        self.assertLessEqual(received[0], host._STDERR_CAP + 65536)
+        self.assertLessEqual(received[0], _process._STDERR_CAP + 65536)
         self.flushLoggedErrors()
 
     @defer.inlineCallbacks
@@ -225,15 +226,15 @@ class TestPlayerAttacks(_PoolCase):
 def _count_stderr(case: TestCase) -> list[int]:
     """Bytes the host receives on children's stderr while the test runs."""
     received = [0]
-    original = host._Child.childDataReceived
+    original = _process.Child.childDataReceived
 
     def counting(child: Any, fd: int, data: bytes) -> None:
         if fd == 2:
             received[0] += len(data)
         original(child, fd, data)
 
-    host._Child.childDataReceived = counting  # type: ignore[method-assign]
-    case.addCleanup(setattr, host._Child, "childDataReceived", original)
+    _process.Child.childDataReceived = counting  # type: ignore[method-assign]
+    case.addCleanup(setattr, _process.Child, "childDataReceived", original)
     return received
 
 
@@ -355,10 +356,10 @@ class TestHostileChild(_PoolCase):
 
     @defer.inlineCallbacks
     def test_a_grandchild_holding_the_pipes_does_not_keep_the_run(self) -> Any:
-        self.patch(host, "_KILL_GRACE", 0.3)
+        self.patch(_process, "_KILL_GRACE", 0.3)
         pool = self.hostile_pool("grandchild_holds_pipes")
         grandchildren: list[int] = []
-        original = host._Child.childDataReceived
+        original = _process.Child.childDataReceived
 
         def note_pid(child: Any, fd: int, data: bytes) -> None:
             if fd == 2 and data.strip().isdigit():
@@ -366,13 +367,13 @@ class TestHostileChild(_PoolCase):
                 self.addCleanup(_kill_quietly, int(data))
             original(child, fd, data)
 
-        host._Child.childDataReceived = note_pid  # type: ignore[method-assign]
-        self.addCleanup(setattr, host._Child, "childDataReceived", original)
+        _process.Child.childDataReceived = note_pid  # type: ignore[method-assign]
+        self.addCleanup(setattr, _process.Child, "childDataReceived", original)
         err = yield self.error_of(pool.run("_return(1)", timeout=1))
         self.assertIsInstance(err, ProcPoolTimeout)
         # Killed with its process group at the deadline; the grandchild left that group,
         # so the host closes the pipes after the grace period and the place is free.
-        yield self.wait_idle(pool, within=host._KILL_GRACE + 2)
+        yield self.wait_idle(pool, within=_process._KILL_GRACE + 2)
         self.assertEqual(len(grandchildren), 1)
 
 
