@@ -253,6 +253,11 @@ def main(config: dict[str, Any] | None = None,
         layers = {"degraded": str(e)}
         sys.setrecursionlimit(limits.recursion)
     _write_line({"ready": True, "pid": pid, "layers": layers})
+    _serve_one(config)
+
+
+def _serve_one(config: dict[str, Any]) -> None:
+    """Confined and ready: read the one request, write the one reply, exit."""
     # Nothing legitimate writes to stderr from here on.
     sys.unraisablehook = _ignore_unraisable
     sys.stderr = None  # type: ignore[assignment]

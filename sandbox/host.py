@@ -26,7 +26,6 @@ import binascii
 import importlib.util
 import json
 import marshal
-import math
 import os
 import sys
 from collections import deque
@@ -39,11 +38,7 @@ from twisted.python.failure import Failure
 
 from procpool import settings
 from procpool._services import register_stop
-from procpool.errors import (
-    PoolStopped,
-    SandboxBusy,
-    SandboxUnavailable,
-)
+from procpool.errors import PoolStopped, SandboxBusy, SandboxUnavailable, SettingError
 from procpool.results import _attach_callbacks
 from sandbox._process import Child, Request
 from sandbox.child import BOOTSTRAP, PRECOMPILED
@@ -120,6 +115,21 @@ def _caller_key(caller: Any) -> Hashable | None:
         return caller
     except TypeError:
         return ("id", id(caller))
+
+
+def _sandbox_timeout(given: Any) -> float:
+    """
+    Not given: PROCPOOL_SANDBOX_TIMEOUT. Given: the one rule for time limits
+    (procpool.settings.check_timeout), and a sandboxed run always has one.
+    """
+    if given is None:
+        return float(settings.get("PROCPOOL_SANDBOX_TIMEOUT"))
+    limit = settings.check_timeout(given, "proc_timeout")
+    if limit is None:
+        raise SettingError(f"a sandboxed run always has a time limit; proc_timeout={given!r} "
+                           "means none. Leave it out to get PROCPOOL_SANDBOX_TIMEOUT, or give "
+                           "a positive number of seconds")
+    return limit
 
 
 class SandboxPool:
@@ -201,12 +211,7 @@ class SandboxPool:
         ``pool.run("_return(x + 1)", {"x": 1})`` fires with 2.
         """
         payload = encode_request(source, dict(context or {}))
-        if timeout is None:
-            timeout = settings.get("PROCPOOL_SANDBOX_TIMEOUT")
-        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) \
-                or not math.isfinite(timeout) or timeout <= 0:
-            raise ValueError(f"sandbox timeout must be a positive number of seconds, "
-                             f"got {timeout!r}")
+        timeout = _sandbox_timeout(timeout)
         if self._stopped:
             return defer.fail(PoolStopped("the sandbox pool is stopped"))
         key = _caller_key(caller)

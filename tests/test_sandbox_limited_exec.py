@@ -67,8 +67,38 @@ class TestLimitedExec(TestCase):
 
     @defer.inlineCallbacks
     def test_run_async_sandbox_counts_the_caller_quota(self) -> Any:
-        result = yield procpool.run_async("_return(n * 2)", sandbox=True, caller="ann", n=21)
-        self.assertEqual(result, 42)
+        procpool.configure(PROCPOOL_SANDBOX_PER_CALLER=1)
+        self.addCleanup(procpool.settings.reset)
+        # The quota is taken when the call is made, so the second call below
+        # comes while the first is in progress.
+        first = procpool.run_async("_return(n * 2)", sandbox=True, caller="ann", n=21)
+        with self.assertRaises(procpool.SandboxBusy):
+            yield procpool.run_async("_return(1)", sandbox=True, caller="ann")
+        other = yield procpool.run_async("_return(2)", sandbox=True, caller="bob")
+        self.assertEqual(other, 2)
+        self.assertEqual((yield first), 42)
+        # Her run ended: her quota is free again.
+        self.assertEqual((yield procpool.run_async("_return(3)", sandbox=True, caller="ann")), 3)
+
+    def test_a_sandboxed_run_refuses_no_limit_and_names_the_default(self) -> Any:
+        for call in (lambda: procpool.run_async("_return(1)", sandbox=True, proc_timeout=0),
+                     lambda: limited_exec("_return(1)", timeout=0),
+                     lambda: limited_exec("_return(1)", timeout=float("inf"))):
+            with self.assertRaises(procpool.SettingError) as caught:
+                call()
+            self.assertIn("always has a time limit", str(caught.exception))
+            self.assertIn("PROCPOOL_SANDBOX_TIMEOUT", str(caught.exception))
+        with self.assertRaises(procpool.SettingError):
+            limited_exec("_return(1)", timeout=-1)
+
+    @defer.inlineCallbacks
+    def test_a_sandboxed_run_not_given_a_limit_takes_the_sandbox_default(self) -> Any:
+        procpool.configure(PROCPOOL_SANDBOX_TIMEOUT=0.5, PROCPOOL_TIMEOUT=30)
+        self.addCleanup(procpool.settings.reset)
+        host.stop()
+        with self.assertRaises(procpool.ProcPoolTimeout) as caught:
+            yield limited_exec("while True: pass")
+        self.assertEqual(caught.exception.limit, 0.5)
 
     @defer.inlineCallbacks
     def test_stop_kills_the_warm_children(self) -> Any:
