@@ -12,7 +12,7 @@ The path of one task::
       |  check t, f and (if persistent) pickle f, args, kwargs: ValueError here
       v
     TaskHandler.add -> _Task(id, due, Deferred) + clock.callLater(t)
-      |                     \\__ persistent: _Writer queue --(one thread, batched
+      |                     \\__ persistent: Writer queue --(one thread, batched
       |                                      transactions)--> Storage (SQLite | PostgreSQL)
       v  at the due time
     Deferred fires -> f(*args, **kwargs) -> (its Deferred, if it returned one)
@@ -28,10 +28,6 @@ on a newer task.
 
 from __future__ import annotations
 
-import inspect
-import math
-import numbers
-import pickle
 from collections.abc import Callable
 from typing import Any
 
@@ -40,6 +36,8 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from procpool import settings
+from procpool._task_record import TaskHandle, _check_delay, _dump, _load, _short, _Task
+from procpool._task_writer import Writer
 from procpool.errors import HandlerNotStarted, InvalidTask, StorageUnavailable, TaskNotStored
 from procpool.storage import Storage, StoredTask, open_storage
 
@@ -48,302 +46,6 @@ __all__ = ["delay", "TaskHandle", "TaskHandler", "get_handler", "set_handler",
 
 log = Logger()
 
-# How long failed deletes (of tasks that already ran) wait before another try.
-_RETRY_SECONDS = 2.0
-
-
-class _Task:
-    """One scheduled call, as the handler keeps it."""
-
-    __slots__ = ("task_id", "due", "callback", "args", "kwargs", "payload", "deferred",
-                 "timer", "running", "cancelled", "watched")
-
-    def __init__(self, task_id: int, due: float, callback: Callable[..., Any],
-                 args: tuple[Any, ...], kwargs: dict[str, Any], payload: bytes | None) -> None:
-        self.task_id = task_id
-        self.due = due
-        self.callback = callback
-        self.args = args
-        self.kwargs = kwargs
-        self.payload = payload
-        self.deferred: Deferred[Any] = Deferred()
-        self.timer: Any = None
-        self.running = False
-        self.cancelled = False
-        self.watched = False     # someone asked for the Deferred: failures are theirs
-
-    @property
-    def persistent(self) -> bool:
-        return self.payload is not None
-
-
-class TaskHandle:
-    """
-    What ``delay()`` returns: a handle on one task, with Evennia's methods.
-
-    >>> task = procpool.delay(60, print, "later")
-    >>> task.cancel(), task.active(), task.exists()
-    (True, False, True)
-
-    A handle is bound to its own task. Once that task is gone (run, removed,
-    cleaned as stale) the handle answers ``False`` (or ``None`` where a value
-    is asked for) and never touches any other task.
-    """
-
-    __slots__ = ("_handler", "_task")
-
-    def __init__(self, handler: TaskHandler, task: _Task) -> None:
-        self._handler = handler
-        self._task = task
-
-    def __repr__(self) -> str:
-        state = "active" if self.active() else "known" if self.exists() else "gone"
-        return f"<TaskHandle {self._task.task_id} {state} due={self._task.due:.3f}>"
-
-    def get_id(self) -> int:
-        """The task's id, unique for the life of the database: ``task.get_id()``."""
-        return self._task.task_id
-
-    @property
-    def due(self) -> float:
-        """When the task is (or was) due, in the handler clock's seconds: ``task.due``."""
-        return self._task.due
-
-    @property
-    def persistent(self) -> bool:
-        """True for a task kept in storage across restarts: ``task.persistent``."""
-        return self._task.persistent
-
-    @property
-    def callback(self) -> Callable[..., Any]:
-        """What the task calls: ``task.callback``."""
-        return self._task.callback
-
-    @property
-    def args(self) -> tuple[Any, ...]:
-        """The positional arguments the callback gets: ``task.args``."""
-        return self._task.args
-
-    @property
-    def kwargs(self) -> dict[str, Any]:
-        """The keyword arguments the callback gets (a copy): ``task.kwargs``."""
-        return dict(self._task.kwargs)
-
-    def exists(self) -> bool:
-        """True while the handler knows the task (pending, or cancelled and not yet removed)."""
-        return self._handler._owns(self._task)
-
-    def active(self) -> bool:
-        """True while the task is still waiting for its due time: ``task.active()``."""
-        return self.exists() and not self._task.deferred.called
-
-    def cancel(self) -> bool:
-        """Stop the task from running; it stays known until removed or stale: ``task.cancel()``."""
-        return self._handler._cancel(self._task)
-
-    def remove(self) -> bool:
-        """Cancel the task and forget it (and its stored row): ``task.remove()``."""
-        return self._handler._remove(self._task)
-
-    def call(self) -> Any:
-        """Run the callback now and return its value; the task stays scheduled: ``task.call()``."""
-        if not self.exists():
-            return None
-        task = self._task
-        return task.callback(*task.args, **task.kwargs)
-
-    def do_task(self) -> Any:
-        """Run the callback now, unschedule and forget the task, return the value."""
-        return self._handler._do_task(self._task)
-
-    def pause(self) -> None:
-        """Hold the task: at its due time nothing runs until ``task.unpause()``."""
-        if self.exists():
-            self._task.deferred.pause()
-
-    def unpause(self) -> None:
-        """Release a paused task; if its due time has passed it runs at once."""
-        if self.exists() and self._task.deferred.paused:
-            self._task.deferred.unpause()
-
-    @property
-    def paused(self) -> int:
-        """How many times the task is paused (truthy when paused): ``task.paused``."""
-        return self._task.deferred.paused
-
-    @property
-    def called(self) -> bool:
-        """True once the task fired or was cancelled: ``task.called``."""
-        return self._task.deferred.called
-
-    def get_deferred(self) -> Deferred[Any] | None:
-        """
-        The Deferred that fires with the callback's value, while the task exists.
-
-        ``task.get_deferred().addCallback(print)``. For a persistent task whose
-        row could not be written it fails with :class:`TaskNotStored` (which is
-        also logged; without a ``get_deferred()`` it is logged only, once).
-        """
-        if not self.exists():
-            return None
-        self._task.watched = True
-        return self._task.deferred
-
-
-class _Writer:
-    """
-    Runs the storage on one dedicated thread, in the order asked, batching writes.
-
-    Writes that pile up while the thread is busy go to the database in a single
-    transaction, which is what keeps 1,000 persistent adds cheap.
-    """
-
-    def __init__(self, storage: Storage, high_water: Callable[[], int], clock: Any) -> None:
-        from twisted.python.threadpool import ThreadPool
-        self.storage = storage
-        self._high_water = high_water
-        self._clock = clock
-        self._queue: list[tuple[str, Any, Deferred[Any]]] = []
-        self._retry_deletes: list[int] = []
-        self._retry_call: Any = None
-        self._busy = False
-        self._pool = ThreadPool(1, 1, name="procpool-task-storage")
-        self._pool.start()
-
-    def call(self, fn: Callable[[], Any]) -> Deferred[Any]:
-        """Run ``fn`` on the storage thread after everything queued before it."""
-        return self._push("call", fn)
-
-    def put(self, stored: StoredTask) -> Deferred[None]:
-        return self._push("put", stored)
-
-    def delete(self, task_id: int) -> Deferred[None]:
-        return self._push("delete", task_id)
-
-    def flush(self) -> Deferred[None]:
-        return self.call(lambda: None)
-
-    def close(self, write_mark: bool = True) -> Deferred[None]:
-        """Write the high-water mark, close the storage and stop the thread."""
-        if self._retry_call is not None and self._retry_call.active():
-            self._retry_call.cancel()
-        if write_mark:
-            self._push("delete", None)     # an empty write: carries the id high-water mark
-        d = self.call(self.storage.close)
-
-        def stopped(result: Any) -> Any:
-            if self._retry_deletes:
-                log.warn("task database {database} unreachable at stop: {count} finished "
-                         "tasks are still stored and will run again after a restart",
-                         database=self.storage.name, count=len(self._retry_deletes))
-            self._pool.stop()
-            return result
-        return d.addBoth(stopped)
-
-    def _push(self, kind: str, item: Any) -> Deferred[Any]:
-        d: Deferred[Any] = Deferred()
-        self._queue.append((kind, item, d))
-        self._kick()
-        return d
-
-    def _kick(self) -> None:
-        from twisted.internet import reactor
-        from twisted.internet.threads import deferToThreadPool
-        if self._busy or not self._queue:
-            return
-        if self._queue[0][0] == "call":
-            batch = [self._queue.pop(0)]
-            work = batch[0][1]
-        else:
-            count = 0
-            while count < len(self._queue) and self._queue[count][0] != "call":
-                count += 1
-            batch, self._queue = self._queue[:count], self._queue[count:]
-            puts = [item for kind, item, _ in batch if kind == "put"]
-            deletes = self._retry_deletes + [item for kind, item, _ in batch
-                                             if kind == "delete" and item is not None]
-            self._retry_deletes = []
-            next_id = self._high_water()
-
-            def work() -> None:
-                self.storage.apply(puts, deletes, next_id)
-        self._busy = True
-        done = deferToThreadPool(reactor, self._pool, work)
-        done.addBoth(self._done, batch)
-
-    def _done(self, result: Any, batch: list[tuple[str, Any, Deferred[Any]]]) -> None:
-        self._busy = False
-        if isinstance(result, Failure) and batch[0][0] != "call":
-            failed = [item for kind, item, _ in batch if kind == "delete" and item is not None]
-            if failed:
-                self._retry_deletes.extend(failed)
-                log.warn("could not delete {count} finished tasks from {database}, will retry: "
-                         "{reason}", count=len(failed), database=self.storage.name,
-                         reason=result.getErrorMessage())
-                self._schedule_retry()
-        for kind, _, d in batch:
-            if kind == "delete":
-                d.callback(None)
-            else:
-                d.callback(result) if not isinstance(result, Failure) else d.errback(result)
-        self._kick()
-
-    def _schedule_retry(self) -> None:
-        if self._retry_call is None or not self._retry_call.active():
-            self._retry_call = self._clock.callLater(_RETRY_SECONDS, self._push, "delete", None)
-
-
-def _check_delay(timedelay: Any) -> float:
-    if isinstance(timedelay, bool) or not isinstance(timedelay, numbers.Real):
-        raise InvalidTask(f"delay needs a number of seconds, got {timedelay!r} "
-                          f"({type(timedelay).__name__})")
-    seconds = float(timedelay)
-    if math.isnan(seconds) or math.isinf(seconds):
-        raise InvalidTask(f"delay needs a finite number of seconds, got {timedelay!r}")
-    if seconds < 0:
-        raise InvalidTask(f"delay cannot be negative, got {timedelay!r}")
-    return seconds
-
-
-def _short(value: Any) -> str:
-    text = repr(value)
-    return text if len(text) <= 80 else text[:77] + "..."
-
-
-def _dump(callback: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> bytes:
-    """Pickle a persistent call, refusing (with the reason) whatever could not be loaded back."""
-    if inspect.ismethod(callback):
-        target, name = callback.__self__, callback.__name__
-        what = f"the object {_short(target)} whose method {name!r} is the callback"
-        spec: tuple[Any, ...] = ("method", target, name)
-    else:
-        qualname = getattr(callback, "__qualname__", "")
-        if "<lambda>" in qualname:
-            raise InvalidTask(f"a persistent callback cannot be a lambda ({_short(callback)}): "
-                              "it has no importable name to store; use a module-level function "
-                              "or a method of a picklable object")
-        if "<locals>" in qualname:
-            raise InvalidTask(f"a persistent callback cannot be a nested function ({qualname}): "
-                              "it has no importable name to store; use a module-level function "
-                              "or a method of a picklable object")
-        target, what, spec = callback, f"the callback {_short(callback)}", ("call", callback)
-    parts: list[tuple[str, Any]] = [(what, target)]
-    parts += [(f"argument {i + 1} ({_short(a)})", a) for i, a in enumerate(args)]
-    parts += [(f"keyword argument {k}={_short(v)}", v) for k, v in kwargs.items()]
-    for label, value in parts:
-        try:
-            pickle.loads(pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL))
-        except Exception as e:
-            raise InvalidTask(f"{label} cannot be stored for a persistent delay: "
-                              f"{type(e).__name__}: {e}") from e
-    return pickle.dumps((spec, args, kwargs), protocol=pickle.HIGHEST_PROTOCOL)
-
-
-def _load(payload: bytes) -> tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any]]:
-    spec, args, kwargs = pickle.loads(payload)
-    if spec[0] == "method":
-        return getattr(spec[1], spec[2]), args, kwargs
-    return spec[1], args, kwargs
 
 
 class TaskHandler:
@@ -372,7 +74,7 @@ class TaskHandler:
         self.tasks: dict[int, _Task] = {}
         self.storage: Storage | None = None
         self._next_id = 1
-        self._writer: _Writer | None = None
+        self._writer: Writer | None = None
         self._loaded = False
         self._start_waiters: list[Deferred[None]] = []
         self._closing: Deferred[None] | None = None
@@ -409,47 +111,46 @@ class TaskHandler:
             spec = settings.get("PROCPOOL_DATABASE")
         storage = open_storage(spec) if isinstance(spec, str) else spec
         self.storage = storage
-        writer = self._writer = _Writer(storage, lambda: self._next_id, self.clock)
+        writer = self._writer = Writer(storage, lambda: self._next_id, self.clock)
+        self._after_closing().addCallback(lambda _: writer.call(_open_and_load(storage)))\
+            .addCallbacks(self._on_loaded, self._load_failed, callbackArgs=(writer,),
+                          errbackArgs=(writer,))\
+            .addBoth(self._tell_waiters, attempt)
+        return waiter
 
-        def open_and_load() -> tuple[list[StoredTask], int]:
-            storage.open()
-            return storage.load()
-
-        def load(_: Any) -> Deferred[tuple[list[StoredTask], int]]:
-            return writer.call(open_and_load)
-
-        def loaded(result: tuple[list[StoredTask], int]) -> None:
-            if self._writer is not writer:
-                raise HandlerNotStarted("the task handler was stopped before its storage "
-                                        "was loaded")
-            self._load_tasks(result)
-            from twisted.internet import reactor
-            self._shutdown_trigger = reactor.addSystemEventTrigger(
-                "before", "shutdown", self.stop)
-            log.info("task handler started on {database}: {count} stored tasks loaded",
-                     database=storage.name, count=len(self.tasks))
-
-        def failed(failure: Failure) -> Failure:
-            if self._writer is writer:
-                self._writer = None
-                writer.close(write_mark=False)
-            return failure
-
-        def tell(result: Any) -> None:
-            if self._start_waiters is attempt:
-                self._start_waiters = []
-            for w in attempt:
-                w.callback(None) if not isinstance(result, Failure) else w.errback(result)
-
-        # A stop() still writing (its last rows, the id mark) must be done before
-        # this load reads the database, or the load could miss or revive a row.
-        ready: Deferred[Any] = Deferred()
+    def _after_closing(self) -> Deferred[None]:
+        """
+        Fires once a stop() still writing (its last rows, the id mark) is done:
+        a load that read the database before then could miss or revive a row.
+        """
+        ready: Deferred[None] = Deferred()
         if self._closing is not None:
             self._closing.addBoth(lambda result: ready.callback(None) or result)
         else:
             ready.callback(None)
-        ready.addCallback(load).addCallbacks(loaded, failed).addBoth(tell)
-        return waiter
+        return ready
+
+    def _on_loaded(self, result: tuple[list[StoredTask], int], writer: Writer) -> None:
+        if self._writer is not writer:
+            raise HandlerNotStarted("the task handler was stopped before its storage "
+                                    "was loaded")
+        self._load_tasks(result)
+        from twisted.internet import reactor
+        self._shutdown_trigger = reactor.addSystemEventTrigger("before", "shutdown", self.stop)
+        log.info("task handler started on {database}: {count} stored tasks loaded",
+                 database=writer.storage.name, count=len(self.tasks))
+
+    def _load_failed(self, failure: Failure, writer: Writer) -> Failure:
+        if self._writer is writer:
+            self._writer = None
+            writer.close(write_mark=False)
+        return failure
+
+    def _tell_waiters(self, result: Any, attempt: list[Deferred[None]]) -> None:
+        if self._start_waiters is attempt:
+            self._start_waiters = []
+        for w in attempt:
+            w.callback(None) if not isinstance(result, Failure) else w.errback(result)
 
     def stop(self) -> Deferred[None]:
         """
@@ -704,6 +405,13 @@ class TaskHandler:
         for task in stale:
             self._remove(task)
         return len(stale)
+
+
+def _open_and_load(storage: Storage) -> Callable[[], tuple[list[StoredTask], int]]:
+    def open_and_load() -> tuple[list[StoredTask], int]:
+        storage.open()
+        return storage.load()
+    return open_and_load
 
 
 _handler: TaskHandler | None = None

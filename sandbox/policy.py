@@ -33,6 +33,8 @@ from RestrictedPython.Guards import (
 )
 from RestrictedPython.PrintCollector import PrintCollector
 
+from workers.source import returned_value  # the one _return rule, shared with the workers
+
 TYPE_CHECKING = False  # not typing.TYPE_CHECKING: importing typing costs milliseconds
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -271,8 +273,4 @@ def run_source(source: str, context: dict[str, Any], *, restricted: bool = True,
     else:
         exec(code, glob)
         value = None
-    if not returned:
-        return value
-    if len(returned) == 1:
-        return returned[0]
-    return returned
+    return returned_value(returned, value)

@@ -1,5 +1,5 @@
 """
-Every expectation of Evennia's own task-handler tests (spec/evennia-tests.md),
+Every expectation of Evennia's own task-handler tests (docs/persistence.md),
 plus procpool's fixes, against a fake clock and a real database: each test
 runs once on SQLite and once on PostgreSQL.
 """
@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 import threading
 
+import pytest
 from twisted.internet import defer
 from twisted.internet.defer import inlineCallbacks
 from twisted.internet.task import Clock, deferLater
@@ -465,6 +466,7 @@ class SQLiteDelayTests(DelayBehaviour, TestCase):
 
 
 class PostgresDelayTests(DelayBehaviour, TestCase):
+    pytestmark = [pytest.mark.postgres]
     backend_class = support.PostgresBackend
 
 

@@ -31,7 +31,7 @@ def read_line(proc: subprocess.Popen, prefix: str) -> str:
     return line
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
 def backend(request):
     try:
         made = support.BACKENDS[request.param]()

@@ -13,6 +13,7 @@ import sqlite3
 import tempfile
 import uuid
 
+import pytest
 from twisted.internet.defer import inlineCallbacks
 from twisted.internet.task import Clock
 from twisted.trial.unittest import TestCase
@@ -148,6 +149,7 @@ class SQLiteTroubleTests(TroubleMixin, TestCase):
 
 
 class PostgresTroubleTests(TroubleMixin, TestCase):
+    pytestmark = [pytest.mark.postgres]
     def setUp(self):
         CALLS.clear()
         self.admin_dsn = support.postgres_dsn()

@@ -10,6 +10,7 @@ import os
 import tempfile
 import time
 
+import pytest
 from twisted.internet import defer
 from twisted.internet.defer import inlineCallbacks
 from twisted.trial.unittest import TestCase
@@ -46,6 +47,7 @@ def sqlite_refused() -> str:
 
 
 class WorkerDatabaseTests(TestCase):
+    pytestmark = [pytest.mark.postgres]
     timeout = 120
 
     def setUp(self):

@@ -9,7 +9,7 @@ source string means the same wherever it runs::
     >>> run_source("2 * 21", {})
     42
 
-Rules (contract.md): the extra keyword arguments are the source's globals;
+Rules (the README's run_async section): the extra keyword arguments are the source's globals;
 ``_return(value)`` hands values back: no call gives ``None``, one call that
 value, several a list in call order. A source that is a single expression
 and never calls ``_return`` gives the expression's value. The source is
@@ -21,9 +21,12 @@ from __future__ import annotations
 
 import ast
 import builtins
-from typing import Any
 
-__all__ = ["run_source", "compile_source"]
+TYPE_CHECKING = False  # not typing.TYPE_CHECKING: the sandbox child imports this module,
+if TYPE_CHECKING:      # and importing typing there costs milliseconds per child
+    from typing import Any
+
+__all__ = ["run_source", "compile_source", "returned_value"]
 
 _UNSET = object()
 
@@ -48,9 +51,21 @@ def run_source(source: str, env: dict[str, Any]) -> Any:
     namespace.setdefault("__builtins__", builtins)
     namespace.setdefault("__name__", "__procpool_source__")
     value = eval(code, namespace) if is_expression else _exec(code, namespace)
-    if returned:
-        return returned[0] if len(returned) == 1 else returned
-    return value if is_expression else None
+    return returned_value(returned, value)
+
+
+def returned_value(returned: list[Any], value: Any) -> Any:
+    """
+    The ``_return`` rule, for every place a source string runs (here, and the
+    sandbox's child): no call gives ``value`` (a lone expression's value, else
+    None), one call that value, several a list in call order::
+
+        >>> returned_value([], None), returned_value([8], None), returned_value([8, 13], None)
+        (None, 8, [8, 13])
+    """
+    if not returned:
+        return value
+    return returned[0] if len(returned) == 1 else returned
 
 
 def _exec(code: Any, namespace: dict[str, Any]) -> None:
