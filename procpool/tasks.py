@@ -21,6 +21,10 @@ The path of one task::
     TaskHandler.start(): Storage.load -> overdue tasks fire at once in due
     order, the others after their remaining time.
 
+The rooms: this module is the handler and ``delay``; procpool/_task_record.py
+is one task (its record, its handle, how a call is stored);
+procpool/_task_writer.py is the storage thread; procpool/storage/ the backends.
+
 Ids are never reused: a high-water mark is stored beside the rows, and a
 :class:`TaskHandle` is bound to its own task, so an old handle can never act
 on a newer task.
