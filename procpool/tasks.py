@@ -21,9 +21,8 @@ The path of one task::
     TaskHandler.start(): Storage.load -> overdue tasks fire at once in due
     order, the others after their remaining time.
 
-The rooms: this module is the handler and ``delay``; procpool/_task_record.py
-is one task (its record, its handle, how a call is stored);
-procpool/_task_writer.py is the storage thread; procpool/storage/ the backends.
+Beside it: procpool/_task_record.py (one task, its handle, how a call is
+stored), procpool/_task_writer.py (the storage thread), procpool/storage/.
 
 Ids are never reused: a high-water mark is stored beside the rows, and a
 :class:`TaskHandle` is bound to its own task, so an old handle can never act
@@ -49,7 +48,6 @@ __all__ = ["delay", "TaskHandle", "TaskHandler", "get_handler", "set_handler",
            "InvalidTask", "HandlerNotStarted", "TaskNotStored", "StorageUnavailable"]
 
 log = Logger()
-
 
 
 class TaskHandler:
@@ -110,9 +108,7 @@ class TaskHandler:
         if self._writer is not None:
             return waiter           # already opening: this call waits for the same load
         attempt = self._start_waiters
-        spec = self._storage_spec
-        if spec is None:
-            spec = settings.get("PROCPOOL_DATABASE")
+        spec = self._storage_spec or settings.get("PROCPOOL_DATABASE")
         storage = open_storage(spec) if isinstance(spec, str) else spec
         self.storage = storage
         writer = self._writer = Writer(storage, lambda: self._next_id, self.clock)
