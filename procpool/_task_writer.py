@@ -50,13 +50,20 @@ class Writer:
         """Run ``fn`` on the storage thread after everything queued before it."""
         return self._push("call", fn)
 
+    def open_and_load(self) -> Deferred[tuple[list[StoredTask], int]]:
+        """Open the storage and read its rows and id high-water mark, on the thread."""
+        return self.call(self._open_and_load)
+
     def put(self, stored: StoredTask) -> Deferred[None]:
+        """Store (or replace) one task's row; fails if its batch could not be written."""
         return self._push("put", stored)
 
     def delete(self, task_id: int) -> Deferred[None]:
+        """Delete one task's row; never fails: a failed delete is retried later."""
         return self._push("delete", task_id)
 
     def flush(self) -> Deferred[None]:
+        """Fires once everything queued before it is done."""
         return self.call(lambda: None)
 
     def close(self, write_mark: bool = True) -> Deferred[None]:
@@ -75,6 +82,10 @@ class Writer:
             self._pool.stop()
             return result
         return d.addBoth(stopped)
+
+    def _open_and_load(self) -> tuple[list[StoredTask], int]:
+        self.storage.open()
+        return self.storage.load()
 
     def _push(self, kind: str, item: Any) -> Deferred[Any]:
         d: Deferred[Any] = Deferred()

@@ -108,15 +108,20 @@ class TaskHandler:
         if self._writer is not None:
             return waiter           # already opening: this call waits for the same load
         attempt = self._start_waiters
-        spec = self._storage_spec or settings.get("PROCPOOL_DATABASE")
-        storage = open_storage(spec) if isinstance(spec, str) else spec
-        self.storage = storage
-        writer = self._writer = Writer(storage, lambda: self._next_id, self.clock)
-        self._after_closing().addCallback(lambda _: writer.call(_open_and_load(storage)))\
-            .addCallbacks(self._on_loaded, self._load_failed, callbackArgs=(writer,),
-                          errbackArgs=(writer,))\
-            .addBoth(self._tell_waiters, attempt)
+        writer = self._writer = Writer(self._open_storage(), lambda: self._next_id, self.clock)
+        loading = self._after_closing().addCallback(lambda _: writer.open_and_load())
+        loading.addCallbacks(self._on_loaded, self._load_failed,
+                             callbackArgs=(writer,), errbackArgs=(writer,))
+        loading.addBoth(self._tell_waiters, attempt)
         return waiter
+
+    def _open_storage(self) -> Storage:
+        """The storage asked for (or the PROCPOOL_DATABASE setting's), not yet opened."""
+        spec = self._storage_spec
+        if spec is None:
+            spec = settings.get("PROCPOOL_DATABASE")
+        self.storage = open_storage(spec) if isinstance(spec, str) else spec
+        return self.storage
 
     def _after_closing(self) -> Deferred[None]:
         """
@@ -405,13 +410,6 @@ class TaskHandler:
         for task in stale:
             self._remove(task)
         return len(stale)
-
-
-def _open_and_load(storage: Storage) -> Callable[[], tuple[list[StoredTask], int]]:
-    def open_and_load() -> tuple[list[StoredTask], int]:
-        storage.open()
-        return storage.load()
-    return open_and_load
 
 
 _handler: TaskHandler | None = None

@@ -4,12 +4,14 @@ The sandbox for untrusted source strings typed by players.
 One request's path::
 
     limited_exec / run_sandboxed          (sandbox.host, reactor thread)
-      -> per-caller and global limits      (refuse / queue)
+      -> request checked and encoded       (sandbox.replies: str source, JSON-able context)
+      -> per-caller and global limits      (sandbox.host: refuse / queue)
       -> a warm child, already confined    (sandbox.child: imports, sandbox.confine)
-      -> JSON request on its stdin, closed
-      -> RestrictedPython policy           (sandbox.policy) runs the source
+      -> JSON request on its stdin, closed (sandbox._process: one child's pipes)
+      -> RestrictedPython policy           (sandbox.policy) runs the source,
+         the _return rule                  (workers.source, shared with the workers)
       -> one JSON reply line on its stdout, then the child exits
-      -> size/depth-checked JSON parse     (sandbox.host)
+      -> size/depth-checked JSON parse     (sandbox.replies, called by sandbox._process)
       -> Deferred fires in the reactor thread
 
 This package's ``__init__`` imports nothing: the confined child imports

@@ -6,10 +6,11 @@ as pipes and its configuration as JSON in ``argv[1]``::
 
     python -I -S -B -c BOOTSTRAP '{"paths": [...], "limits": {...}, ...}' [CODE]
 
-(``CODE``: the host's compiled code for the sandbox's own modules, so that
+(``CODE``: the host's compiled code for the modules in PRECOMPILED, so that
 no child compiles them again; ``python -m sandbox CONFIG`` does the same
 without it, when ``sandbox`` is importable.) It imports only the standard
-library, RestrictedPython and pyseccomp (never Twisted or procpool), confines
+library, RestrictedPython, pyseccomp and :mod:`workers.source` (standard
+library only: the ``_return`` rule), never Twisted or procpool. It confines
 itself, and only then writes its ready line and reads. On stdout it writes
 exactly two lines of JSON (UTF-8), and closes stdout after the second::
 
@@ -37,7 +38,7 @@ __all__ = ["main", "count_containers", "BOOTSTRAP", "MAX_CONTAINERS", "PRECOMPIL
 REPLY_FD = 1
 
 # What the host passes to `python -c`; argv[1] is the configuration.
-# With a third argument (the host's compiled code for the sandbox's own modules,
+# With a third argument (the host's compiled code for the modules in PRECOMPILED,
 # used only by the interpreter build that made it) nothing is compiled here.
 BOOTSTRAP = ("import os,sys,json;os.chdir('/');c=json.loads(sys.argv[1]);"
              "sys.path[:0]=c['paths'];p=None\n"
@@ -49,7 +50,9 @@ BOOTSTRAP = ("import os,sys,json;os.chdir('/');c=json.loads(sys.argv[1]);"
              " sys.modules['sandbox'].__path__=[];sys.modules['sandbox'].child=m\n"
              "from sandbox.child import main;main(c,p)")
 
-PRECOMPILED = ("sandbox", "sandbox.child", "sandbox.confine", "sandbox.policy")
+# The modules the child takes from this repository, in the order they are
+# installed: sandbox.policy imports workers.source, so that comes first.
+PRECOMPILED = ("sandbox", "sandbox.child", "sandbox.confine", "workers.source", "sandbox.policy")
 
 # Most lists and dicts in one reply (the host parses replies in its reactor thread).
 MAX_CONTAINERS = 10_000
@@ -205,13 +208,22 @@ def _ignore_unraisable(unraisable: Any) -> None:
 
 
 def _install(precompiled: dict[str, Any]) -> None:
-    """Make the host's compiled code the modules ``sandbox.confine`` and ``sandbox.policy``."""
-    package = sys.modules["sandbox"]
+    """
+    Make the host's compiled code the modules it names (all of PRECOMPILED
+    after the two the bootstrap installs). A package that is not installed
+    yet (``workers``) is an empty one: the child needs ``workers.source``
+    only, not whatever the package's ``__init__`` may import.
+    """
     for name, code in precompiled.items():
+        parent, _, leaf = name.rpartition(".")
+        package = sys.modules.get(parent)
+        if package is None:
+            package = sys.modules[parent] = type(sys)(parent)
+            package.__path__ = []  # nothing else of it is importable here
         module = sys.modules[name] = type(sys)(name)
-        module.__package__ = "sandbox"
+        module.__package__ = parent
         exec(code, module.__dict__)
-        setattr(package, name.rpartition(".")[2], module)
+        setattr(package, leaf, module)
 
 
 def main(config: dict[str, Any] | None = None,
@@ -220,10 +232,18 @@ def main(config: dict[str, Any] | None = None,
     Run one sandboxed request as described in the module docstring; never returns.
 
     ``precompiled`` maps module names to code objects the host compiled from
-    the sandbox's own files (never from anything a player sent).
+    the repository's own files (never from anything a player sent).
     """
     if config is None:
         config = json.loads(sys.argv[1])
+    _detach(precompiled)
+    pid, layers = _confine(config)
+    _write_line({"ready": True, "pid": pid, "layers": layers})
+    _serve_one(config)
+
+
+def _detach(precompiled: dict[str, Any] | None) -> None:
+    """Leave the host's directory, session and environment; install the compiled modules."""
     os.chdir("/")
     try:
         os.setsid()  # its own process group, so the host can kill all of it
@@ -236,6 +256,13 @@ def main(config: dict[str, Any] | None = None,
     if precompiled:
         _install(precompiled)  # after the ctypes.util shim: confine imports pyseccomp
 
+
+def _confine(config: dict[str, Any]) -> tuple[int, dict[str, str]]:
+    """
+    Import all the run will need, then confine; return the pid and the layers
+    in force. A required layer that cannot be set up ends the child (exit 3)
+    unless the host allowed the degraded mode.
+    """
     from sandbox import confine as confinement
     from sandbox import policy  # noqa: F401
 
@@ -252,8 +279,7 @@ def main(config: dict[str, Any] | None = None,
             os._exit(3)
         layers = {"degraded": str(e)}
         sys.setrecursionlimit(limits.recursion)
-    _write_line({"ready": True, "pid": pid, "layers": layers})
-    _serve_one(config)
+    return pid, layers
 
 
 def _serve_one(config: dict[str, Any]) -> None:

@@ -49,9 +49,11 @@ __all__ = ["SandboxPool", "get_pool", "limited_exec", "run_sandboxed", "stop"]
 log = Logger()
 
 
-
 def _child_paths() -> list[str]:
-    """Directories the child needs on sys.path: this package's parent and its two dependencies."""
+    """
+    Directories the child needs on sys.path: the repository (for ``sandbox`` and
+    ``workers.source``) and the two packages the sandbox depends on.
+    """
     paths = [os.path.dirname(os.path.dirname(os.path.abspath(__file__)))]
     for name in ("RestrictedPython", "pyseccomp"):
         spec = importlib.util.find_spec(name)
@@ -70,20 +72,21 @@ _precompiled: str | None = None
 
 def _precompiled_modules() -> str:
     """
-    The sandbox's own modules (PRECOMPILED) compiled here once, marshalled, base64.
+    The child's modules from this repository (PRECOMPILED) compiled here once,
+    marshalled, base64.
 
     Every child would otherwise compile them from source (a few milliseconds
     of CPU each, since the child writes no bytecode cache). They are compiled
-    from this package's files, never from anything a player sent; a child
+    from the repository's files, never from anything a player sent; a child
     running another interpreter build ignores them (see ``config["build"]``).
     """
     global _precompiled
     if _precompiled is None:
-        base = os.path.dirname(os.path.abspath(__file__))
+        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
         codes = {}
         for name in PRECOMPILED:
-            path = os.path.join(base, "__init__.py" if name == "sandbox"
-                                else name.rpartition(".")[2] + ".py")
+            path = os.path.join(root, *name.split("."))
+            path = os.path.join(path, "__init__.py") if os.path.isdir(path) else path + ".py"
             with open(path, encoding="utf-8") as f:
                 codes[name] = compile(f.read(), path, "exec", dont_inherit=True)
         _precompiled = binascii.b2a_base64(marshal.dumps(codes), newline=False).decode("ascii")

@@ -2,7 +2,8 @@
 The language layer: RestrictedPython with the policy player code runs under.
 
 Imported by the confined child before confinement (it imports only the
-standard library and RestrictedPython). It is the first filter and the
+standard library, RestrictedPython and :mod:`workers.source`, whose
+``returned_value`` is the one ``_return`` rule). It is the first filter and the
 source of readable errors, not the security boundary: that is the OS layer
 in :mod:`sandbox.confine`.
 
@@ -248,11 +249,11 @@ def run_source(source: str, context: dict[str, Any], *, restricted: bool = True,
     """
     Compile ``source`` once and run it once; return what it hands back.
 
-    No ``_return`` call gives None (or the value of a source that is a single
-    expression), one call gives its value, several give a list in call order.
-    ``context`` becomes global names. ``restricted=False`` is the testing
-    switch: full builtins, no language layer. ``namespace`` adds globals
-    that are not player data (the child's pre-imported modules).
+    What comes back follows the one ``_return`` rule, the workers' own
+    (:func:`workers.source.returned_value`). ``context`` becomes global
+    names. ``restricted=False`` is the testing switch: full builtins, no
+    language layer. ``namespace`` adds globals that are not player data
+    (the child's pre-imported modules).
 
         >>> run_source("_return(8)\\n_return(13)", {})
         [8, 13]

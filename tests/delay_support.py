@@ -95,11 +95,18 @@ class SQLiteBackend:
         self.database = os.path.join(self._dir.name, "tasks.sqlite3")
 
     def stored_ids(self) -> set[int]:
-        """The ids stored now; fails the test if the table was never made."""
-        assert os.path.exists(self.database), f"no database file {self.database}"
+        """
+        The ids stored now. A missing file or table fails the test: an empty
+        answer there would let every "this row is gone" check pass unchecked.
+        """
+        if not os.path.exists(self.database):
+            raise AssertionError(f"the task database {self.database} was never created")
+        # Read-only, so that asking never makes the file or the table.
         conn = sqlite3.connect(f"file:{self.database}?mode=ro", uri=True)
         try:
             return {r[0] for r in conn.execute("SELECT id FROM procpool_tasks")}
+        except sqlite3.OperationalError as e:
+            raise AssertionError(f"no task table in {self.database}: {e}") from e
         finally:
             conn.close()
 
@@ -119,8 +126,12 @@ class PostgresBackend:
         self.database = with_options(self.admin_dsn, self.schema)
 
     def stored_ids(self) -> set[int]:
-        """The ids stored now; fails the test (UndefinedTable) if the table was never made."""
-        rows = admin(self.admin_dsn, f"SELECT id FROM {self.schema}.procpool_tasks")
+        """The ids stored now; a missing table fails the test (see SQLiteBackend)."""
+        import psycopg
+        try:
+            rows = admin(self.admin_dsn, f"SELECT id FROM {self.schema}.procpool_tasks")
+        except psycopg.errors.UndefinedTable as e:
+            raise AssertionError(f"no task table in schema {self.schema}: {e}") from e
         return {r[0] for r in rows}
 
     def cleanup(self) -> None:

@@ -1,7 +1,8 @@
 """
-Every expectation of Evennia's own task-handler tests (docs/persistence.md),
-plus procpool's fixes, against a fake clock and a real database: each test
-runs once on SQLite and once on PostgreSQL.
+Every expectation of Evennia's own task-handler tests, plus the places where
+procpool deliberately differs (both described in docs/persistence.md, "Where
+this differs from Evennia"), against a fake clock and a real database: each
+test runs once on SQLite and once on PostgreSQL.
 """
 
 from __future__ import annotations

@@ -69,6 +69,7 @@ class TestLimitedExec(TestCase):
     def test_run_async_sandbox_counts_the_caller_quota(self) -> Any:
         procpool.configure(PROCPOOL_SANDBOX_PER_CALLER=1)
         self.addCleanup(procpool.settings.reset)
+        yield host.stop()  # the quota is read when the shared pool starts: a fresh one
         # The quota is taken when the call is made, so the second call below
         # comes while the first is in progress.
         first = procpool.run_async("_return(n * 2)", sandbox=True, caller="ann", n=21)
@@ -95,7 +96,7 @@ class TestLimitedExec(TestCase):
     def test_a_sandboxed_run_not_given_a_limit_takes_the_sandbox_default(self) -> Any:
         procpool.configure(PROCPOOL_SANDBOX_TIMEOUT=0.5, PROCPOOL_TIMEOUT=30)
         self.addCleanup(procpool.settings.reset)
-        host.stop()
+        yield host.stop()
         with self.assertRaises(procpool.ProcPoolTimeout) as caught:
             yield limited_exec("while True: pass")
         self.assertEqual(caught.exception.limit, 0.5)

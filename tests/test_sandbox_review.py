@@ -112,6 +112,29 @@ class TestReplyParsing(TestCase):
             _parse_reply(b'{"ok": true, "result": 1' + b"0" * 5000 + b"}")
 
 
+_RETURN_CASES: list[tuple[str, Any]] = [
+    ("x = 1", None),
+    ("6 * 7", 42),
+    ("_return(0)", 0),
+    ("_return([1])", [1]),
+    ("_return(None)\n_return(None)", [None, None]),
+    ("_return(8)\n_return(13)", [8, 13]),
+    ("_return(1)\n2", 1),
+]
+
+
+class TestReturnRule(TestCase):
+    """A source string hands back the same thing in a worker and in the sandbox."""
+
+    def test_workers_and_the_language_layer_agree(self) -> None:
+        from sandbox.policy import run_source as in_sandbox
+        from workers.source import run_source as in_worker
+
+        for source, expected in _RETURN_CASES:
+            self.assertEqual(in_worker(source, {}), expected, source)
+            self.assertEqual(in_sandbox(source, {}, restricted=True), expected, source)
+
+
 class TestPlayerAttacks(_PoolCase):
     """Attacks through player code, with the language layer on and off."""
 
@@ -177,14 +200,13 @@ class TestPlayerAttacks(_PoolCase):
 
     @defer.inlineCallbacks
     def test_answered_when_stdout_closes_and_what_follows_is_killed(self) -> Any:
-        pool = self.make_pool(restricted=False)
-        start = time.monotonic()
+        # Its deadline never comes (nobody advances the pool's clock) and its CPU
+        # limit is a minute away: only the kill on answering can end it in time.
+        pool = self.make_pool(restricted=False, clock=task.Clock(), cpu=60)
         result = yield pool.run("import os\nos.write(1, b'{\"ok\": true, \"result\": 7}\\n')\n"
                                 "os.close(1)\nwhile True:\n    pass", timeout=10)
         self.assertEqual(result, 7)
-        # Killed at once: not left to run until its CPU limit (2 s) or deadline (10 s).
-        yield self.wait_idle(pool, within=1.5)
-        self.assertLess(time.monotonic() - start, 1.9)
+        yield self.wait_idle(pool, within=10)
         self.flushLoggedErrors()
 
     @defer.inlineCallbacks
@@ -303,32 +325,37 @@ class TestHostileChild(_PoolCase):
 
     @defer.inlineCallbacks
     def _fails(self, behaviour: str, kind: type, type_name: str | None = None,
-               within: float = 2.0, extra: int = 0) -> Any:
-        pool = self.hostile_pool(behaviour, extra)
-        start = time.monotonic()
-        err = yield self.error_of(pool.run("_return(1)", timeout=1))
+               extra: int = 0) -> Any:
+        """
+        The request fails with ``kind`` without its deadline: nobody advances the
+        pool's clock, so the deadline never comes. Left alone, the hostile child
+        sleeps 30 s or floods for ever; the host must end it well before that.
+        """
+        pool = self.hostile_pool(behaviour, extra, clock=task.Clock())
+        d = pool.run("_return(1)", timeout=1)
+        yield self.wait_for(lambda: d.called, within=10)
+        err = yield self.error_of(d)
         self.assertIsInstance(err, kind)
         if type_name is not None:
             self.assertEqual(err.type_name, type_name)
-        self.assertLess(time.monotonic() - start, within)
-        yield self.wait_idle(pool, within=3)
+        yield self.wait_idle(pool, within=10)
         self.assertEqual(pool.stats()["children"], 0)
         self.flushLoggedErrors()
 
     def test_garbage_ready_line(self) -> Any:
-        return self._fails("garbage_header", SandboxUnavailable, within=0.9)
+        return self._fails("garbage_header", SandboxUnavailable)
 
     def test_not_ready_child_is_not_left_running(self) -> Any:
-        return self._fails("not_ready_then_sleep", SandboxUnavailable, within=0.9)
+        return self._fails("not_ready_then_sleep", SandboxUnavailable)
 
     def test_ready_line_without_end(self) -> Any:
-        return self._fails("header_without_end", SandboxUnavailable, within=0.9)
+        return self._fails("header_without_end", SandboxUnavailable)
 
     def test_output_flood(self) -> Any:
-        return self._fails("flood", SandboxError, "OutputTooLarge", within=0.9)
+        return self._fails("flood", SandboxError, "OutputTooLarge")
 
     def test_one_byte_over_the_cap(self) -> Any:
-        return self._fails("exact_cap", SandboxError, "OutputTooLarge", within=0.9, extra=1)
+        return self._fails("exact_cap", SandboxError, "OutputTooLarge", extra=1)
 
     @defer.inlineCallbacks
     def test_exactly_the_cap_is_accepted(self) -> Any:
@@ -336,28 +363,41 @@ class TestHostileChild(_PoolCase):
         result = yield pool.run("_return(1)")
         self.assertEqual(set(result), {"x"})
 
+    @defer.inlineCallbacks
     def test_reply_without_end_of_file_waits_for_the_deadline(self) -> Any:
-        return self._fails("reply_then_sleep", ProcPoolTimeout, within=1.9)
+        clock = task.Clock()
+        pool = self.hostile_pool("reply_then_sleep", clock=clock)
+        d = pool.run("_return(1)", timeout=1)
+        (child,) = pool._running
+        yield self.wait_for(lambda: child._stdout.endswith(b"\n"), within=10)
+        clock.advance(0.5)
+        self.assertFalse(d.called)  # a whole reply line, but stdout still open: not taken
+        clock.advance(0.5)
+        err = yield self.error_of(d)
+        self.assertIsInstance(err, ProcPoolTimeout)
+        self.assertEqual(err.limit, 1)
+        yield self.wait_idle(pool, within=10)  # it would sleep 30 s
+        self.assertEqual(pool.stats()["children"], 0)
+        self.flushLoggedErrors()
 
     @defer.inlineCallbacks
     def test_reply_then_closed_stdout_is_answered_and_the_child_killed(self) -> Any:
-        pool = self.hostile_pool("reply_close_then_sleep")
+        pool = self.hostile_pool("reply_close_then_sleep", clock=task.Clock())
         self.assertEqual((yield pool.run("_return(1)", timeout=10)), 1)
-        yield self.wait_idle(pool, within=1)
+        yield self.wait_idle(pool, within=10)  # it would sleep 30 s
 
     def test_closed_stdout_without_reply(self) -> Any:
-        return self._fails("close_without_reply", SandboxError, "SandboxProtocolError",
-                           within=0.9)
+        return self._fails("close_without_reply", SandboxError, "SandboxProtocolError")
 
     @defer.inlineCallbacks
     def test_a_pickle_is_never_unpickled(self) -> Any:
-        yield self._fails("pickle", SandboxError, "SandboxProtocolError", within=0.9)
+        yield self._fails("pickle", SandboxError, "SandboxProtocolError")
         self.assertFalse(os.path.exists(self.sentinel))
 
     @defer.inlineCallbacks
     def test_a_grandchild_holding_the_pipes_does_not_keep_the_run(self) -> Any:
-        self.patch(_process, "_KILL_GRACE", 0.3)
-        pool = self.hostile_pool("grandchild_holds_pipes")
+        clock = task.Clock()
+        pool = self.hostile_pool("grandchild_holds_pipes", clock=clock)
         grandchildren: list[int] = []
         original = _process.Child.childDataReceived
 
@@ -369,11 +409,21 @@ class TestHostileChild(_PoolCase):
 
         _process.Child.childDataReceived = note_pid  # type: ignore[method-assign]
         self.addCleanup(setattr, _process.Child, "childDataReceived", original)
-        err = yield self.error_of(pool.run("_return(1)", timeout=1))
-        self.assertIsInstance(err, ProcPoolTimeout)
-        # Killed with its process group at the deadline; the grandchild left that group,
-        # so the host closes the pipes after the grace period and the place is free.
-        yield self.wait_idle(pool, within=_process._KILL_GRACE + 2)
+        d = pool.run("_return(1)", timeout=1)
+        (child,) = pool._running
+        # The child exits by itself; the grandchild left its process group and
+        # holds its pipes, so the run is not over.
+        yield self.wait_for(lambda: grandchildren and child._exited, within=10)
+        self.assertFalse(d.called)
+        clock.advance(1)
+        self.assertIsInstance((yield self.error_of(d)), ProcPoolTimeout)
+        # Killing its (empty) process group ends nothing: it keeps its place
+        # through the grace period, then its pipes are closed and the place is free.
+        clock.advance(_process._KILL_GRACE - 0.5)
+        yield task.deferLater(reactor, 0.2, lambda: None)
+        self.assertEqual(pool.stats()["running"], 1)
+        clock.advance(0.5)
+        yield self.wait_idle(pool, within=10)
         self.assertEqual(len(grandchildren), 1)
 
 
@@ -391,8 +441,12 @@ class TestPrecompiledModules(_PoolCase):
     def test_children_use_the_host_compiled_modules(self) -> Any:
         pool = self.make_pool(restricted=False)
         source = ("import sys\n_return([sys.modules[n].__spec__ is None for n in "
-                  "('sandbox.child', 'sandbox.confine', 'sandbox.policy')])")
-        self.assertEqual((yield pool.run(source)), [True, True, True])
+                  "('sandbox.child', 'sandbox.confine', 'workers.source', 'sandbox.policy')])")
+        self.assertEqual((yield pool.run(source)), [True, True, True, True])
+        # The shared _return rule came with them; nothing else of workers did.
+        source = ("import sys\n_return([sys.modules['workers'].__path__, "
+                  "sorted(n for n in sys.modules if n.startswith('workers'))])")
+        self.assertEqual((yield pool.run(source)), [[], ["workers", "workers.source"]])
         self.flushLoggedErrors()
 
     @defer.inlineCallbacks
@@ -403,6 +457,10 @@ class TestPrecompiledModules(_PoolCase):
         pool.config["build"] = [0, "another-build"]
         pool._args[pool._args.index(next(a for a in pool._args if a.startswith("{")))] = \
             json.dumps(pool.config)
-        source = "import sys\n_return(sys.modules['sandbox.policy'].__spec__ is None)"
-        self.assertFalse((yield pool.run(source)))
+        source = ("import sys\n_return([sys.modules[n].__spec__ is None "
+                  "for n in ('sandbox.policy', 'workers.source')])")
+        self.assertEqual((yield pool.run(source)), [False, False])
+        # Imported from the files, it still takes in neither Twisted nor procpool.
+        names = yield pool.run("import sys\n_return(sorted(sys.modules))")
+        self.assertEqual([n for n in names if n.split(".")[0] in ("twisted", "procpool")], [])
         self.flushLoggedErrors()

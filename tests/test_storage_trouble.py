@@ -18,6 +18,7 @@ from twisted.internet.defer import inlineCallbacks
 from twisted.internet.task import Clock
 from twisted.trial.unittest import TestCase
 
+from procpool._task_writer import RETRY_SECONDS
 from procpool.errors import StorageUnavailable, TaskNotStored
 from procpool.storage.sqlite import SQLiteStorage
 from procpool.tasks import TaskHandler
@@ -109,7 +110,7 @@ class SQLiteTroubleTests(TroubleMixin, TestCase):
         self.assertEqual(CALLS, [(("ran",), {})])
         self.assertIn(task.get_id(), self.stored_ids())
         self.flushLoggedErrors()
-        handler.clock.advance(2)              # the retry, with no other write to carry it
+        handler.clock.advance(RETRY_SECONDS)  # the retry, with no other write to carry it
         yield handler.flush()
         self.assertNotIn(task.get_id(), self.stored_ids())
 
@@ -150,6 +151,7 @@ class SQLiteTroubleTests(TroubleMixin, TestCase):
 
 class PostgresTroubleTests(TroubleMixin, TestCase):
     pytestmark = [pytest.mark.postgres]
+
     def setUp(self):
         CALLS.clear()
         self.admin_dsn = support.postgres_dsn()
