@@ -40,6 +40,11 @@ def load_result(payload: bytes | memoryview) -> Any:
             f"the task's result could not be unpickled here: {exc!r}") from exc
 
 
+def unloadable_result(exc: Exception) -> SerializationError:
+    """The error for a worker's answer that would not unpickle here."""
+    return SerializationError(f"the task's result could not be unpickled here: {exc!r}")
+
+
 def rebuild_error(box: dict[bytes, Any], payload: bytes | memoryview) -> BaseException:
     """
     The exception a worker's ``_error`` box describes: the task's own

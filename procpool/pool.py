@@ -44,6 +44,7 @@ kept from ampoule and what was replaced, and why, is in docs/design.md.
 
 from __future__ import annotations
 
+import pickle
 import time
 from collections import deque
 from typing import Any
@@ -316,17 +317,33 @@ class ProcessPool(WorkerSupply):
             return
         if worker.state is _KILLED:
             return  # its tasks were settled when it was killed
-        task = self._answered_task(worker, box)
-        if task is None:
+        inflight = worker.inflight
+        ask = box.get(b"_answer")
+        if ask is None:
+            ask = box.get(b"_error")
+        if not inflight or ask != inflight[0].ask:
+            self._wrong_answer(worker, ask)
             return
-        self._account(worker, task)
+        task = inflight.popleft()
+        now = time.perf_counter()
+        service = now - (task.sent if task.sent > worker.last_answer else worker.last_answer)
+        worker.last_answer = now
+        ewma = worker.ewma
+        worker.ewma = service if ewma is None else 0.75 * ewma + 0.25 * service
+        self._latencies.append(now - task.submitted)
+        if task.timer is not None:
+            task.cancel_timer()
+        if not inflight:
+            worker.idle_since = self.clock.seconds()
+            if worker.state is _RETIRING:
+                worker.close_input()
         payload = wire.join_value(box, b"p")
         if b"_answer" in box:
             try:
-                result = _codec.load_result(payload)
+                result = pickle.loads(payload)
             except Exception as exc:
                 self.counters["tasks_failed"] += 1
-                task.deferred.errback(exc)
+                task.deferred.errback(_codec.unloadable_result(exc))
             else:
                 self.counters["tasks_done"] += 1
                 task.deferred.callback(result)
@@ -336,36 +353,14 @@ class ProcessPool(WorkerSupply):
         if self._queue:
             self._pump()
 
-    def _answered_task(self, worker: Worker, box: dict[bytes, Any]) -> Task | None:
-        """The task ``box`` answers: the oldest in flight. None (and a kill) if it is not."""
+    def _wrong_answer(self, worker: Worker, ask: Any) -> None:
+        """An answer to no task, or to another than the oldest in flight: kill the worker."""
         if not worker.inflight:
             log.error("worker {pid} sent an answer nobody asked for; killing it", pid=worker.pid)
-            worker.kill_group()
-            return None
-        ask = box.get(b"_answer")
-        if ask is None:
-            ask = box.get(b"_error")
-        task = worker.inflight[0]
-        if ask != task.ask:
+        else:
             log.error("worker {pid} answered {got!r}, expected {want!r}; killing it",
-                      pid=worker.pid, got=ask, want=task.ask)
-            worker.kill_group()
-            return None
-        return worker.inflight.popleft()
-
-    def _account(self, worker: Worker, task: Task) -> None:
-        """Book an answered task: service time, latency, its timer; close a drained retiree."""
-        now = time.perf_counter()
-        service = now - (task.sent if task.sent > worker.last_answer else worker.last_answer)
-        worker.last_answer = now
-        worker.ewma = service if worker.ewma is None else 0.75 * worker.ewma + 0.25 * service
-        self._latencies.append(now - task.submitted)
-        if task.timer is not None:
-            task.cancel_timer()
-        if not worker.inflight:
-            worker.idle_since = self.clock.seconds()
-            if worker.state is _RETIRING:
-                worker.close_input()
+                      pid=worker.pid, got=ask, want=worker.inflight[0].ask)
+        worker.kill_group()
 
     def _expire(self, worker: Worker, task: Task) -> None:
         task.timer = None
