@@ -19,7 +19,7 @@ from twisted.python import threadable
 from twisted.python.failure import Failure
 
 from procpool import _codec, _services, settings, tasks
-from procpool.errors import PoolStopped, ProcPoolTimeout
+from procpool.errors import PoolStopped, ProcPoolTimeout, SettingError
 from procpool.pool import ProcessPool
 from procpool.results import AsyncResult, _attach_callbacks, _gather
 from workers.source import run_source
@@ -240,19 +240,26 @@ def start() -> defer.Deferred:
     return _gather(waits)
 
 
-def stop() -> defer.Deferred:
+def stop(grace: float | None = None) -> defer.Deferred:
     """
     Stop the pool (queued tasks fail with PoolStopped), the sandbox's
-    children and the task handler's storage. Registered to run at reactor
-    shutdown when the pool starts; fires when every process has ended.
-    Until :func:`start` is called again, ``run_async`` fails its Deferred
-    with PoolStopped (threads excepted)::
+    children and the task handler's storage. Running tasks get ``grace``
+    seconds (default ``PROCPOOL_STOP_GRACE``; 0 kills at once) to finish,
+    then their workers' process groups are killed and their Deferreds fail
+    with PoolStopped. Registered to run at reactor shutdown when the pool
+    starts; fires when every process has ended. Until :func:`start` is
+    called again, ``run_async`` fails its Deferred with PoolStopped
+    (threads excepted)::
 
-        procpool.stop().addCallback(lambda _: print("every worker has ended"))
+        procpool.stop(grace=1).addCallback(lambda _: print("every worker has ended"))
     """
     global _stopped
+    if grace is None:
+        grace = settings.get("PROCPOOL_STOP_GRACE")
+    elif isinstance(grace, bool) or not isinstance(grace, (int, float)) or not grace >= 0:
+        raise SettingError(f"stop()'s grace must be zero or more seconds, got {grace!r}")
     _stopped = True
-    waits = [] if _pool is None else [_pool.stop()]
+    waits = [] if _pool is None else [_pool.stop(grace)]
     waits += _services.stop_registered()
     waits.append(defer.maybeDeferred(tasks.get_handler().stop))
     return _gather(waits)

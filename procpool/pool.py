@@ -151,7 +151,7 @@ class ProcessPool(WorkerSupply):
         self._starter = _spawn.make_starter(self.reactor, max_payload=self.max_payload,
                                             uid=self.uid, gid=self.gid, directory=self.directory)
         self._shutdown_trigger = self.reactor.addSystemEventTrigger(
-            "before", "shutdown", self.stop)
+            "before", "shutdown", lambda: self.stop(settings.get("PROCPOOL_STOP_GRACE")))
         started = [self._spawn().started for _ in range(self.min_workers)]
         if self.max_workers > self.min_workers and self.idle > 0:
             self._reaper = self.clock.callLater(self._reap_interval(), self._reap)

@@ -170,6 +170,9 @@ SETTINGS: dict[str, Setting] = {s.name: s for s in [
             "Replace a worker after this many tasks; 0 never replaces."),
     Setting("PROCPOOL_MAX_PAYLOAD", 256 * _MiB, _int(1),
             "Largest argument or result, in bytes, that may cross to or from a worker."),
+    Setting("PROCPOOL_STOP_GRACE", 10.0, _float(0.0),
+            "Seconds running tasks get to finish when the pool stops, before their "
+            "workers are killed (0: kill at once)."),
     Setting("PROCPOOL_START_TIMEOUT", 30.0, _float(0.1),
             "Seconds a new worker has to answer before it counts as failed to start."),
     Setting("PROCPOOL_SPIN", 0.0002, _float(0.0),

@@ -107,3 +107,43 @@ def test_min_above_max_from_the_environment_is_refused_when_a_pool_is_made(monke
 def test_a_pool_refuses_a_minimum_above_its_maximum():
     with pytest.raises(procpool.SettingError, match="min_workers"):
         ProcessPool(min_workers=3, max_workers=2)
+
+
+STOP_SCRIPT = """
+import sys, time
+import procpool
+from twisted.internet import reactor
+from tests import core_support
+procpool.configure(PROCPOOL_MIN_NPROC=1, PROCPOOL_MAX_NPROC=1, PROCPOOL_STOP_GRACE={setting})
+out = []
+def go():
+    task = procpool.run_async(core_support.sleep, 30)
+    task.addErrback(lambda f: out.append(f.type.__name__))
+    def stop(_):
+        began = time.monotonic()
+        d = procpool.stop({argument})
+        d.addCallback(lambda _: out.append(round(time.monotonic() - began, 1)))
+        d.addBoth(lambda _: reactor.stop())
+    procpool.start().addCallback(lambda _: reactor.callLater(0.3, stop, None))
+reactor.callWhenRunning(go)
+reactor.run()
+print(out)
+"""
+
+
+@pytest.mark.parametrize("setting, argument", [("0", ""), ("10", "grace=0.5")],
+                         ids=["PROCPOOL_STOP_GRACE=0", "stop(grace=0.5)"])
+def test_stop_kills_running_tasks_after_the_grace_they_were_given(setting, argument):
+    code = STOP_SCRIPT.format(setting=setting, argument=argument)
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=60, cwd=str(__import__("pathlib").Path(__file__).parents[1]))
+    out = eval(done.stdout.strip().splitlines()[-1]) if done.stdout.strip() else None
+    assert out is not None, done.stderr[-2000:]
+    assert out[0] == "PoolStopped"
+    assert out[1] <= (0.5 if setting == "0" else 1.5)
+
+
+@pytest.mark.parametrize("bad", [-1, float("nan"), True, "1"])
+def test_stop_refuses_a_grace_that_is_not_seconds(bad):
+    with pytest.raises(procpool.SettingError, match="grace"):
+        procpool.stop(grace=bad)
