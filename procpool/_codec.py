@@ -10,13 +10,15 @@ box keys in workers/wire.py); this module adds the host's errors::
 from __future__ import annotations
 
 import pickle
+import re
 import sys
+import types
 from typing import Any
 
 from procpool.errors import PayloadTooLarge, RemoteError, SerializationError
 from workers import pickling, wire
 
-__all__ = ["dumps", "load_result", "rebuild_error"]
+__all__ = ["dumps", "load_result", "rebuild_error", "remote_frames"]
 
 
 def dumps(obj: Any, what: str) -> bytes:
@@ -80,10 +82,11 @@ def _rebuild(box: dict[bytes, Any], payload: bytes | memoryview) -> BaseExceptio
         exc = _from_main(info)
     if not isinstance(exc, Exception):
         # SystemExit, KeyboardInterrupt etc. must not be re-raised in the host.
-        return RemoteError(info.type_name, info.message, info.traceback)
-    exc.remote_traceback = info.traceback  # type: ignore[attr-defined]
-    exc.add_note("Raised in a procpool worker; remote traceback:\n" + info.traceback.rstrip())
-    return exc
+        exc = RemoteError(info.type_name, info.message, info.traceback)
+    else:
+        exc.remote_traceback = info.traceback  # type: ignore[attr-defined]
+        exc.add_note("Raised in a procpool worker; remote traceback:\n" + info.traceback.rstrip())
+    return exc.with_traceback(remote_frames(info.traceback))
 
 
 def _from_main(info: wire.ErrorInfo) -> BaseException | None:
@@ -96,4 +99,47 @@ def _from_main(info: wire.ErrorInfo) -> BaseException | None:
     try:
         return cls(*pickle.loads(info.main_args))
     except Exception:
+        return None
+
+
+# --- the worker's frames, as a traceback of this process -------------------------
+# A Failure made from an exception takes its __traceback__, and Failure.getTraceback()
+# (what twisted.logger and errbacks print), the traceback module and a re-raise in
+# inlineCallbacks all read frames from there. So the worker's frames, parsed from its
+# formatted traceback, become real frame objects here: one tiny code object per frame,
+# named and numbered like the worker's, run once to get its frame. Failures only.
+
+# The final exception's block starts at the last top-level header (chained
+# exceptions come first); its frames are the top-level "File" lines (an exception
+# group's own frames are prefixed "  | ", its members' are indented deeper).
+_HEADER = re.compile(r"^(?:  \+ Exception Group )?Traceback \(most recent call last\):$",
+                     re.MULTILINE)
+_FRAME = re.compile(r'^(?:  \| )?  File "(.*)", line (\d+), in (.+)$', re.MULTILINE)
+_GET_FRAME = compile("f = _getframe()", "<remote>", "exec")
+_MAX_FRAMES = 200
+
+
+def remote_frames(text: str) -> types.TracebackType | None:
+    """
+    A traceback whose frames are the ones a traceback text formatted elsewhere
+    names (file, line and function; no variables), innermost last, or None if
+    it names none. Source lines are read here by file name, as for local frames::
+
+        exc.with_traceback(remote_frames(exc.remote_traceback))
+    """
+    try:
+        headers = list(_HEADER.finditer(text))
+        start = headers[-1].end() if headers else 0
+        frames = _FRAME.findall(text, start)[-_MAX_FRAMES:]
+        tb = None
+        for filename, lineno, name in reversed(frames):
+            line = int(lineno)
+            code = _GET_FRAME.replace(co_filename=filename, co_name=name, co_qualname=name,
+                                      co_firstlineno=line)
+            namespace = {"_getframe": sys._getframe}
+            exec(code, namespace)  # noqa: S102 - runs only the fixed statement above
+            # tb_lasti -1: no column markers (they would point into the stand-in code).
+            tb = types.TracebackType(tb, namespace.pop("f"), -1, line)
+        return tb
+    except Exception:  # a traceback that cannot be read is no reason to lose the error
         return None

@@ -11,6 +11,11 @@ chained later still receive it::
     d = AsyncResult().settle_failures("nightly backup")
     d.errback(ValueError("disk full"))     # logged now: "nightly backup failed"
     d.addErrback(print)                    # still receives the ValueError
+
+If callbacks are chained but none handles it (``d.addCallback(print)``), it is
+logged once too, as soon as the chain has run (one reactor turn later, so a
+chain built in steps may still handle it), in place of Twisted's "Unhandled
+error in Deferred" at garbage collection.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from twisted.internet import defer
+from twisted.internet.defer import DebugInfo
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -43,12 +49,17 @@ class AsyncResult(defer.Deferred):
     chained = False
     _held: Failure | None = None
 
+    _logged: BaseException | None = None  # the failure's value, once logged
+    _what: str | None = None
+
     def _chaining(self) -> None:
         if self._sealed:
             self.chained = True
             held, self._held = self._held, None
             if held is not None and self.called and self.result is None:
                 self.result = held
+                # The chain now ending in this failure must not be "unhandled" at GC.
+                _report_unhandled(self, self._what)
 
     def addCallbacks(self, *args: Any, **kwargs: Any) -> defer.Deferred:  # noqa: N802
         self._chaining()
@@ -74,6 +85,7 @@ class AsyncResult(defer.Deferred):
 
             d = AsyncResult().settle_failures("my job")
         """
+        self._what = what
         self._settling = True
         try:
             self.addErrback(_settle, self, what)
@@ -86,11 +98,14 @@ class AsyncResult(defer.Deferred):
 
 
 def _settle(failure: Failure, d: AsyncResult, what: str | None) -> Failure | None:
-    # Callbacks the caller added come after this one: the failure is theirs.
+    # Callbacks the caller added come after this one: the failure is theirs,
+    # and if they leave it unhandled, it is logged once when their chain ends.
     if d.chained:
+        _report_unhandled(d, what)
         return failure
     d._held = failure
     if what is None or failure.check(defer.CancelledError):
+        d._logged = failure.value  # what=None: whoever settled it logs it
         return None
     if d._settling:
         # Failed before the caller even had the Deferred: give them one
@@ -98,13 +113,66 @@ def _settle(failure: Failure, d: AsyncResult, what: str | None) -> Failure | Non
         from twisted.internet import reactor
         reactor.callLater(0, _log_if_unclaimed, d, failure, what)
     else:
+        d._logged = failure.value
         log.failure("{what} failed", failure, what=what)
     return None
 
 
 def _log_if_unclaimed(d: AsyncResult, failure: Failure, what: str) -> None:
     if d._held is failure:
+        d._logged = failure.value
         log.failure("{what} failed", failure, what=what)
+
+
+def _report_unhandled(d: AsyncResult, what: str | None) -> None:
+    """From now on, ``d``'s chain ending in a failure is logged once (failures only)."""
+    if not isinstance(d._debugInfo, _Unhandled):
+        d._debugInfo = _Unhandled(what, d._logged, d._debugInfo)
+
+
+class _Unhandled(DebugInfo):
+    """
+    Twisted's DebugInfo for an AsyncResult whose failure went to callbacks
+    chained on it. Twisted sets ``failResult`` when the chain ends in a
+    failure (and clears it when a later callback handles it), and logs it as
+    "Unhandled error in Deferred" when the Deferred is garbage-collected:
+    late, or never while someone holds it. Here it is logged one reactor turn
+    after the chain ends in it, once, unless by then a callback handled it.
+    """
+
+    def __init__(self, what: str | None, logged: BaseException | None,
+                 twisted_info: DebugInfo | None) -> None:
+        self.what = what or "a callback chained on a procpool Deferred"
+        self.logged = logged
+        self.pending: Failure | None = None
+        self.due = False
+        if twisted_info is not None:  # Deferred.debug is on: keep its stacks
+            self.creator, self.invoker = twisted_info.creator, twisted_info.invoker
+
+    @property  # type: ignore[override]
+    def failResult(self) -> Failure | None:  # noqa: N802 - Twisted's name
+        return self.pending
+
+    @failResult.setter
+    def failResult(self, failure: Failure | None) -> None:  # noqa: N802
+        self.pending = failure
+        if failure is not None and not self.due and failure.value is not self.logged:
+            from twisted.internet import reactor
+            self.due = True
+            reactor.callLater(0, self.flush)
+
+    def flush(self) -> None:
+        """Log the failure the chain still ends in, if it was not logged already."""
+        self.due = False
+        failure = self.pending
+        if (failure is None or failure.value is self.logged
+                or failure.check(defer.CancelledError)):
+            return
+        self.logged = failure.value
+        log.failure("{what} failed", failure, what=self.what)
+
+    def __del__(self) -> None:
+        self.flush()  # the reactor never ran the check (it stopped first)
 
 
 def _attach_callbacks(d: defer.Deferred, at_return: Callable[..., Any] | None,
@@ -124,10 +192,24 @@ def _attach_callbacks(d: defer.Deferred, at_return: Callable[..., Any] | None,
     if at_return is not None:
         out.addCallback(lambda result: at_return(result, **(at_return_kwargs or {})))
     if at_err is not None:
-        out.addErrback(lambda failure: at_err(failure, **(at_err_kwargs or {})))
+        # One errback, as before: nothing more on the success path.
+        out._what = what = f"run_async: {what}: at_err"
+        out.addErrback(_call_at_err, at_err, at_err_kwargs or {}, out, what)
         out._sealed = True
         return out
     return out.settle_failures(f"run_async: {what}")
+
+
+def _call_at_err(failure: Failure, at_err: Callable[..., Any], kwargs: dict[str, Any],
+                 d: AsyncResult, what: str) -> Any:
+    """at_err; what it raises (or hands back) is settled like any failure: logged once, at once."""
+    try:
+        result = at_err(failure, **kwargs)
+    except BaseException:
+        result = Failure()
+    if isinstance(result, Failure):
+        return _settle(result, d, what)
+    return result
 
 
 def _gather(waits: Iterable[defer.Deferred]) -> defer.Deferred[None]:

@@ -16,6 +16,7 @@ import json
 import keyword
 from typing import Any
 
+from procpool._codec import remote_frames
 from procpool.errors import PayloadTooLarge, SandboxError, SerializationError
 from sandbox.child import MAX_CONTAINERS, count_containers
 
@@ -103,4 +104,7 @@ def parse_reply(line: bytes) -> Any:
     if not isinstance(type_name, str) or not isinstance(message, str):
         raise SandboxError("SandboxProtocolError", "error reply without type and message")
     tb = reply.get("traceback")
-    raise SandboxError(type_name[:200], message[:4096], tb[:8192] if isinstance(tb, str) else "")
+    error = SandboxError(type_name[:200], message[:4096], tb[:8192] if isinstance(tb, str) else "")
+    # The player's frames ("<player>", line N) become the error's traceback, so
+    # a logged Failure shows them.
+    raise error.with_traceback(remote_frames(error.remote_traceback))
