@@ -353,6 +353,8 @@ class TaskHandler:
         log.error("{error}", error=error)
         if self.tasks.get(task.task_id) is task:
             del self.tasks[task.task_id]
+        if self._writer is not None:    # a failed commit may have stored it after all
+            self._writer.delete(task.task_id)
         if not task.deferred.called:
             if task.timer is not None and task.timer.active():
                 task.timer.cancel()

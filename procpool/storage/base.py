@@ -50,6 +50,9 @@ class Storage(ABC):
 
     #: a description of the database for messages, without any password
     name: str
+    #: the local file listing tasks whose rows must go while the database refuses
+    #: deletes (procpool/storage/done.py); ``None``: a backend without one
+    done_path: str | None = None
 
     @abstractmethod
     def open(self) -> None:

@@ -8,10 +8,16 @@ PostgreSQL storage for persistent tasks, through psycopg 3.
 The tables are created unqualified, so they land in the connection's
 ``search_path``; a DSN such as ``postgresql://u@h/db?options=-csearch_path%3Dgame``
 keeps several servers (or test runs) apart in one database.
+
+Deletes the server refuses (it is down) are listed in a done file, by default
+``$XDG_STATE_HOME/procpool/tasks-<digest of the DSN>.done`` (``~/.local/state``
+when the variable is unset; ``done_path`` chooses another).
 """
 
 from __future__ import annotations
 
+import hashlib
+import os
 import re
 from collections.abc import Callable, Sequence
 from typing import TypeVar
@@ -22,6 +28,7 @@ from psycopg.conninfo import conninfo_to_dict
 
 from procpool.errors import StorageError, StorageUnavailable
 from procpool.storage.base import META, TABLE, Storage, StoredTask
+from procpool.storage.done import state_directory
 
 __all__ = ["PostgresStorage", "describe_dsn"]
 
@@ -75,10 +82,14 @@ def scrub(text: str, dsn: str) -> str:
 class PostgresStorage(Storage):
     """Persistent tasks in PostgreSQL. Example: ``PostgresStorage("postgresql://u@h/db")``."""
 
-    def __init__(self, dsn: str, connect_timeout: int = 5) -> None:
+    def __init__(self, dsn: str, connect_timeout: int = 5, done_path: str | None = None) -> None:
         self.dsn = dsn
         self.connect_timeout = connect_timeout
         self.name = describe_dsn(dsn)
+        if done_path is None:
+            digest = hashlib.sha256(scrub(dsn, dsn).encode()).hexdigest()[:12]
+            done_path = os.path.join(state_directory(), f"tasks-{digest}.done")
+        self.done_path = done_path
         self._conn: psycopg.Connection | None = None
 
     def _connection(self) -> psycopg.Connection:

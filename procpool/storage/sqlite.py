@@ -7,7 +7,8 @@ SQLite storage for persistent tasks: a local file, nothing to install.
 
 The file is opened in WAL mode so a SIGKILLed host loses nothing that was
 committed. One host process should own one file: SQLite lets only one writer
-in at a time (see docs/persistence.md).
+in at a time (see docs/persistence.md). Deletes the file refuses (locked,
+read-only) are listed in ``<path>-done`` until it takes them.
 """
 
 from __future__ import annotations
@@ -25,10 +26,12 @@ __all__ = ["SQLiteStorage"]
 class SQLiteStorage(Storage):
     """Persistent tasks in a SQLite file. Example: ``SQLiteStorage("/var/lib/game/tasks.db")``."""
 
-    def __init__(self, path: str | os.PathLike[str], busy_timeout: float = 5.0) -> None:
+    def __init__(self, path: str | os.PathLike[str], busy_timeout: float = 5.0,
+                 done_path: str | None = None) -> None:
         self.path = os.fspath(path)
         self.busy_timeout = busy_timeout
         self.name = f"SQLite file {self.path!r}"
+        self.done_path = done_path if done_path is not None else self.path + "-done"
         self._conn: sqlite3.Connection | None = None
 
     def _connection(self) -> sqlite3.Connection:
