@@ -76,6 +76,30 @@ def _getitem(ob: Any, index: Any) -> Any:
     return ob[index]
 
 
+# Of an exception, player code reads only what it was raised with (``args``:
+# messages, and the player's own values) and the missing name (``name``, a
+# string). Every other attribute can carry an object from elsewhere:
+# AttributeError.obj (the object whose attribute was missing, which library code
+# may hold privately), StopIteration.value, an exception group's members,
+# SystemExit.code, and methods such as with_traceback. The dunders
+# (__traceback__, __context__, __cause__) and frame attributes are refused
+# before the code runs, by RestrictedPython.
+_EXCEPTION_ATTRIBUTES = {"args": tuple, "name": (str, type(None))}  # name: what it must hold
+
+
+def _getattr(ob: Any, name: str) -> Any:
+    """Player code's ``ob.name``: RestrictedPython's guard, and exceptions' attributes refused."""
+    if isinstance(ob, BaseException):
+        kinds = _EXCEPTION_ATTRIBUTES.get(name)
+        if kinds is not None:
+            value = safer_getattr_raise(ob, name)
+            if isinstance(value, kinds):
+                return value
+        raise AttributeError(f'"{name}" of an exception cannot be read in the sandbox '
+                             "(only its args and name)")
+    return safer_getattr_raise(ob, name)
+
+
 _INPLACE: dict[str, Callable[[Any, Any], Any]] = {
     "+=": operator.iadd, "-=": operator.isub, "*=": operator.imul,
     "/=": operator.itruediv, "//=": operator.ifloordiv, "%=": operator.imod,
@@ -208,7 +232,7 @@ def _guards() -> dict[str, Any]:
     return {
         # A missing attribute raises AttributeError (RestrictedPython's plain
         # safer_getattr quietly answers None).
-        "_getattr_": safer_getattr_raise,
+        "_getattr_": _getattr,
         "_getitem_": _getitem,
         "_getiter_": _getiter,
         "_write_": full_write_guard,
