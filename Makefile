@@ -6,7 +6,13 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test lint bench install clean
+# The Evennia integration tests run a real game in a Python 3.12 virtualenv
+# holding Evennia and this checkout (tests/test_evennia.py).
+PYTHON312 ?= $(shell for p in $(HOME)/.pyenv/versions/3.12*/bin/python3.12 $$(command -v python3.12); do "$$p" -c "" 2>/dev/null && { echo "$$p"; break; }; done)
+EVENNIA_VENV  := .venv-evennia
+EVENNIA_STAMP := $(EVENNIA_VENV)/.installed
+
+.PHONY: demo test lint bench install clean evennia-venv
 
 $(STAMP): setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -16,10 +22,22 @@ $(STAMP): setup.cfg pyproject.toml
 
 install: $(STAMP)
 
+$(EVENNIA_STAMP): setup.cfg pyproject.toml
+	@if [ -z "$(PYTHON312)" ]; then \
+	    echo "make: no Python 3.12 found (set PYTHON312=...): the Evennia tests will skip"; \
+	else \
+	    $(PYTHON312) -m venv $(EVENNIA_VENV) && \
+	    $(EVENNIA_VENV)/bin/python -m pip install --quiet --upgrade pip && \
+	    $(EVENNIA_VENV)/bin/python -m pip install --quiet -e '.[evennia]' && \
+	    touch $(EVENNIA_STAMP); \
+	fi
+
+evennia-venv: $(EVENNIA_STAMP)
+
 demo: $(STAMP)
 	$(VENV)/bin/procpool demo $(ARGS)
 
-test: $(STAMP)
+test: $(STAMP) $(EVENNIA_STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 lint: $(STAMP)
@@ -29,4 +47,4 @@ bench: $(STAMP)
 	$(PY) bench/run.py $(ARGS)
 
 clean:
-	rm -rf $(VENV) *.egg-info .pytest_cache procpool.sqlite3* procpool-demo.sqlite3*
+	rm -rf $(VENV) $(EVENNIA_VENV) *.egg-info .pytest_cache procpool.sqlite3* procpool-demo.sqlite3*

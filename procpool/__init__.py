@@ -28,8 +28,10 @@ import importlib
 from typing import Any
 
 from procpool.errors import (
+    DialogueAbandoned,
     HandlerNotStarted,
     InvalidTask,
+    MemoryLimitExceeded,
     PayloadTooLarge,
     PoolStopped,
     ProcPoolError,
@@ -90,11 +92,13 @@ __all__ = [
     "WorkerStartError",
     "PoolStopped",
     "PayloadTooLarge",
+    "MemoryLimitExceeded",
     "RemoteError",
     "SerializationError",
     "SettingError",
     "InvalidTask",
     "HandlerNotStarted",
+    "DialogueAbandoned",
     "StorageError",
     "StorageUnavailable",
     "TaskNotStored",

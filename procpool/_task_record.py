@@ -18,6 +18,7 @@ from typing import Any
 from twisted.internet.defer import Deferred
 
 from procpool.errors import InvalidTask
+from workers import pickling
 
 __all__ = ["TaskHandle"]
 
@@ -199,11 +200,11 @@ def _dump(callback: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str,
     parts += [(f"keyword argument {k}={_short(v)}", v) for k, v in kwargs.items()]
     for label, value in parts:
         try:
-            pickle.loads(pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL))
+            pickle.loads(pickling.dumps_by_name(value))
         except Exception as e:
             raise InvalidTask(f"{label} cannot be stored for a persistent delay: "
                               f"{type(e).__name__}: {e}") from e
-    return pickle.dumps((spec, args, kwargs), protocol=pickle.HIGHEST_PROTOCOL)
+    return pickling.dumps_by_name((spec, args, kwargs))
 
 
 def _load(payload: bytes) -> tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any]]:

@@ -76,9 +76,10 @@ from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from procpool.errors import DialogueAbandoned
 from procpool.results import AsyncResult
 
-__all__ = ["interactive", "returnValue"]
+__all__ = ["interactive", "returnValue", "register_input"]
 
 log = Logger()
 
@@ -113,6 +114,31 @@ def _twisted_return_type() -> type[BaseException] | None:
     from twisted.internet import defer
 
     return getattr(defer, "_DefGen_Return", None)
+
+
+# Functions that find a get_input for callers without one (procpool.evennia adds one).
+_INPUT_PROVIDERS: list[Callable[[Any], Callable[[str, Callable[[Any], None]], None] | None]] = []
+
+
+def register_input(provider: Callable[[Any], Any]) -> None:
+    """
+    Teach ``@interactive`` to ask callers that have no ``get_input`` method:
+    ``provider(caller)`` returns a ``get_input(prompt, callback)`` for that
+    caller, or None if it does not know it (``procpool.evennia`` registers
+    one for Evennia's objects and accounts)::
+
+        register_input(lambda caller: getattr(caller, "ask", None))
+    """
+    if provider not in _INPUT_PROVIDERS:
+        _INPUT_PROVIDERS.append(provider)
+
+
+def _provided_input(caller: Any) -> Any:
+    for provider in _INPUT_PROVIDERS:
+        found = provider(caller)
+        if found is not None:
+            return found
+    return None
 
 
 def _default_clock() -> IReactorTime:
@@ -241,6 +267,8 @@ class _Dialogue:
                 "a function that asks questions must take an argument named 'caller' "
                 "and be given one")
         get_input = getattr(caller, "get_input", None)
+        if not callable(get_input):
+            get_input = _provided_input(caller)
         msg = getattr(caller, "msg", None)
         if not callable(get_input) or not callable(msg):
             raise TypeError(
@@ -272,6 +300,11 @@ class _Dialogue:
 
     def _fail(self, failure: Failure) -> None:
         self._done = True
+        if failure.check(DialogueAbandoned):
+            # The player left and the dialogue did not catch it: it just ends.
+            log.info("@interactive {name} ended: {why}", name=self.name, why=failure.value)
+            self.deferred.callback(None)
+            return
         log.failure("@interactive {name} failed", failure=failure, name=self.name)
         self.deferred.errback(failure)
 

@@ -13,9 +13,11 @@ The families:
 
 - the pool: :class:`ProcPoolTimeout`, :class:`WorkerCrashed`,
   :class:`WorkerStartError`, :class:`PoolStopped`, :class:`PayloadTooLarge`,
+  :class:`MemoryLimitExceeded`,
   :class:`SerializationError`, :class:`RemoteError`;
 - settings: :class:`SettingError`;
-- delays and their storage: :class:`InvalidTask`, :class:`HandlerNotStarted`,
+- delays, dialogues and their storage: :class:`InvalidTask`,
+  :class:`HandlerNotStarted`, :class:`DialogueAbandoned`,
   :class:`StorageError`, :class:`StorageUnavailable`, :class:`TaskNotStored`;
 - the sandbox: :class:`SandboxError`, :class:`SandboxUnavailable`,
   :class:`SandboxBusy`.
@@ -34,11 +36,13 @@ __all__ = [
     "WorkerStartError",
     "PoolStopped",
     "PayloadTooLarge",
+    "MemoryLimitExceeded",
     "RemoteError",
     "SerializationError",
     "SettingError",
     "InvalidTask",
     "HandlerNotStarted",
+    "DialogueAbandoned",
     "StorageError",
     "StorageUnavailable",
     "TaskNotStored",
@@ -112,6 +116,25 @@ class PayloadTooLarge(ProcPoolError):
         self.cap = cap
 
 
+class MemoryLimitExceeded(ProcPoolError, MemoryError):
+    """
+    A task went past its worker's memory limit (``PROCPOOL_MAX_MEMORY``,
+    ``limit`` bytes); that worker was replaced. Also a ``MemoryError``::
+
+        >>> "memory limit of 300 MiB" in str(MemoryLimitExceeded(300 * 1024 * 1024))
+        True
+    """
+
+    def __init__(self, limit: int) -> None:
+        size = f"{limit // (1 << 20):,} MiB" if limit % (1 << 20) == 0 else f"{limit:,} bytes"
+        super().__init__(f"the task went past its worker's memory limit of {size} "
+                         "(PROCPOOL_MAX_MEMORY); the worker was replaced")
+        self.limit = limit
+
+    def __reduce__(self) -> tuple:
+        return (type(self), (self.limit,))
+
+
 class SerializationError(ProcPoolError, ValueError):
     """Something handed to procpool cannot be serialised to cross into a worker."""
 
@@ -155,6 +178,13 @@ class InvalidTask(ProcPoolError, ValueError):
 
 class HandlerNotStarted(ProcPoolError, RuntimeError):
     """A persistent delay was asked of a task handler whose storage is not loaded yet."""
+
+
+class DialogueAbandoned(ProcPoolError):
+    """
+    The player left an ``@interactive`` dialogue with a question open (typed
+    ``quit`` or disconnected); raised inside the dialogue at that ``yield``.
+    """
 
 
 class StorageError(ProcPoolError):

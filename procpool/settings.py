@@ -140,6 +140,38 @@ def _id(name: str, value: Any) -> int | None:
     return _number(name, value, integer=True, minimum=0, optional=False)
 
 
+_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+
+
+def _memory(name: str, value: Any) -> int | None:
+    """Bytes, or a size such as "300M" or "2GiB"; none, off or 0 mean no limit."""
+    if isinstance(value, str):
+        text = value.strip().lower().removesuffix("ib").removesuffix("b")
+        if text in ("", "none", "off"):
+            return None
+        unit = text[-1:] if text[-1:] in _UNITS else ""
+        try:
+            value = int(float(text[:len(text) - len(unit)]) * _UNITS[unit])
+        except ValueError:
+            raise SettingError(f"{name} must be bytes or a size like 512M or 2G, "
+                               f"got {value!r}") from None
+    if value is None or (value == 0 and not isinstance(value, bool)):
+        return None
+    value = _number(name, value, integer=True, minimum=0, optional=False)
+    if value < 64 * 1024 * 1024:
+        raise SettingError(f"{name} must be at least 64M (a worker needs that much to "
+                           f"start), or 0 for no limit; got {value!r}")
+    return value
+
+
+def _half_the_memory() -> int | None:
+    """Half of this machine's physical memory, in bytes (None where it cannot be read)."""
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") // 2
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
 @dataclass(frozen=True)
 class Setting:
     """One row of the settings table."""
@@ -170,6 +202,9 @@ SETTINGS: dict[str, Setting] = {s.name: s for s in [
             "Replace a worker after this many tasks; 0 never replaces."),
     Setting("PROCPOOL_MAX_PAYLOAD", 256 * _MiB, _int(1),
             "Largest argument or result, in bytes, that may cross to or from a worker."),
+    Setting("PROCPOOL_WORKER_INIT", None, _str(optional=True),
+            "A function each worker calls once before its first task, as 'module:function' "
+            "(procpool.evennia sets it to set the game's Django up)."),
     Setting("PROCPOOL_STOP_GRACE", 10.0, _float(0.0),
             "Seconds running tasks get to finish when the pool stops, before their "
             "workers are killed (0: kill at once)."),
@@ -181,6 +216,10 @@ SETTINGS: dict[str, Setting] = {s.name: s for s in [
     Setting("PROCPOOL_TUNE_MALLOC", True, _bool,
             "Keep freed buffers of up to 32 MiB in the heap (glibc), in the host and the "
             "workers, so big payloads do not page-fault; false leaves malloc alone."),
+    Setting("PROCPOOL_MAX_MEMORY", _half_the_memory(), _memory,
+            "Memory each worker may take (RLIMIT_DATA: heap and private mappings), in bytes "
+            "or as 512M/2G; a task past it fails with MemoryLimitExceeded and its worker is "
+            "replaced. Default: half the machine's memory; none or 0: no limit."),
     # Persistent tasks and the workers' database.
     Setting("PROCPOOL_DATABASE", "procpool.sqlite3", _str(),
             "Where persistent delays live: a SQLite file path, or a postgresql:// DSN."),

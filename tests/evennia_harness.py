@@ -218,6 +218,23 @@ class Game:
                 pids.append((int(d), cmd.strip()))
         return pids
 
+    def worker_pids(self):
+        """PIDs of procpool worker processes started for this game (its dir is on their path)."""
+        pids = []
+        for d in os.listdir("/proc"):
+            if not d.isdigit():
+                continue
+            try:
+                with open(f"/proc/{d}/cmdline", "rb") as f:
+                    cmd = f.read().split(b"\0")
+                with open(f"/proc/{d}/environ", "rb") as f:
+                    env = f.read()
+            except OSError:
+                continue
+            if b"workers" in cmd and b"-m" in cmd and self.gamedir.encode() in env:
+                pids.append(int(d))
+        return pids
+
     def pidfile(self, which):
         path = os.path.join(self.gamedir, "server", f"{which}.pid")
         try:
@@ -313,10 +330,10 @@ class Game:
     def wait_no_processes(self, timeout=20):
         end = time.time() + timeout
         while time.time() < end:
-            if not self.game_pids():
+            if not self.game_pids() and not self.worker_pids():
                 return []
             time.sleep(0.3)
-        return self.game_pids()
+        return self.game_pids() + [(pid, "procpool worker") for pid in self.worker_pids()]
 
     def assert_no_processes(self, timeout=20):
         left = self.wait_no_processes(timeout)
@@ -329,7 +346,7 @@ class Game:
 
     def kill_leftovers(self):
         """Last resort: SIGKILL only the processes of *this* game (by exact pid)."""
-        for pid, _ in self.game_pids():
+        for pid in [p for p, _ in self.game_pids()] + self.worker_pids():
             try:
                 os.kill(pid, 9)
             except OSError:

@@ -10,16 +10,25 @@ process. Measured: a ``__main__`` function costs about 450 us to dill and
     >>> dumps((len, ("abc",), {})) == pickle.dumps((len, ("abc",), {}), protocol=5)
     True
 
+Objects that must not cross as copies (a game's database objects) can cross
+by reference instead: :func:`register_reference` names their class and how
+to rebuild them on the other side. Plain arguments never pay for it.
+
 Shared by both sides (standard library only; dill is imported when needed).
 """
 
 from __future__ import annotations
 
+import io
 import pickle
 import types
+from collections.abc import Callable
 from typing import Any
 
-__all__ = ["dumps"]
+__all__ = ["dumps", "dumps_by_name", "register_reference"]
+
+# (class, reduce): instances of class pickle as reduce(obj) says, not as copies.
+_REFERENCES: list[tuple[type, Callable[[Any], Any]]] = []
 
 _PLAIN = frozenset([bytes, bytearray, str, int, float, bool, type(None), complex])
 _FUNCTIONS = (types.FunctionType, types.BuiltinFunctionType)
@@ -42,20 +51,67 @@ def _may_name_main(obj: Any) -> bool:
     return False
 
 
+def register_reference(cls: type, reduce: Callable[[Any], Any]) -> None:
+    """
+    Pickle instances of ``cls`` (and its subclasses) as ``reduce(obj)``
+    returns: a ``(callable, args)`` pair run on the other side to rebuild
+    them, or NotImplemented to pickle that one as usual. Registering the
+    same class again replaces its reduce::
+
+        register_reference(Character, lambda c: (find_character, (c.id,)))
+    """
+    _REFERENCES[:] = [(c, r) for c, r in _REFERENCES if c is not cls]
+    _REFERENCES.append((cls, reduce))
+
+
+def _reducer_override(self: Any, obj: Any) -> Any:
+    for cls, reduce in _REFERENCES:
+        if isinstance(obj, cls):
+            return reduce(obj)
+    return NotImplemented
+
+
+class _ByReference(pickle.Pickler):
+    reducer_override = _reducer_override
+
+
+def dumps_by_name(obj: Any) -> bytes:
+    """Pickle ``obj`` with the registered references, never with dill (for what is stored)."""
+    if not _REFERENCES:
+        return pickle.dumps(obj, protocol=5)
+    out = io.BytesIO()
+    _ByReference(out, protocol=5).dump(obj)
+    return out.getvalue()
+
+
+def _dill_by_reference(obj: Any) -> bytes:
+    import dill
+
+    if not _REFERENCES:
+        return dill.dumps(obj, protocol=5, recurse=True)
+
+    class _DillByReference(dill.Pickler):
+        reducer_override = _reducer_override
+
+    out = io.BytesIO()
+    _DillByReference(out, protocol=5, recurse=True).dump(obj)
+    return out.getvalue()
+
+
 def dumps(obj: Any) -> bytes:
     """
     Pickle ``obj`` for the other side, with dill where pickle cannot do it.
 
     Raises whatever dill raises when neither can serialise ``obj``.
     """
+    plain = not _may_name_main(obj)
     try:
-        data = pickle.dumps(obj, protocol=5)
+        data = pickle.dumps(obj, protocol=5) if plain else dumps_by_name(obj)
     except Exception:
         pass
     else:
         # Scanning a big pickle costs about as much as copying it: skip the
         # scan when the arguments are plain values.
-        if not _may_name_main(obj) or b"__main__" not in data:
+        if plain or b"__main__" not in data:
             return data
-    import dill
-    return dill.dumps(obj, protocol=5, recurse=True)
+    return _dill_by_reference(obj)
