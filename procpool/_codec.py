@@ -112,11 +112,22 @@ def _from_main(info: wire.ErrorInfo) -> BaseException | None:
 # The final exception's block starts at the last top-level header (chained
 # exceptions come first); its frames are the top-level "File" lines (an exception
 # group's own frames are prefixed "  | ", its members' are indented deeper).
-_HEADER = re.compile(r"^(?:  \+ Exception Group )?Traceback \(most recent call last\):$",
-                     re.MULTILINE)
-_FRAME = re.compile(r'^(?:  \| )?  File "(.*)", line (\d+), in (.+)$', re.MULTILINE)
+_HEADER = "Traceback (most recent call last):\n"
+_HEADER_PREFIXES = ("", "  + Exception Group ")
+_FRAME = re.compile(r'\n(?:  \| )?  File "([^"\n]*)", line (\d+), in ([^\n]+)')
 _GET_FRAME = compile("f = _getframe()", "<remote>", "exec")
 _MAX_FRAMES = 200
+
+
+def _last_block(text: str) -> str:
+    """The final exception's part of a formatted traceback, from its header's newline."""
+    end = len(text)
+    while (at := text.rfind(_HEADER, 0, end)) >= 0:
+        line_start = text.rfind("\n", 0, at) + 1
+        if text[line_start:at] in _HEADER_PREFIXES:
+            return text[at + len(_HEADER) - 1:]
+        end = at
+    return "\n" + text
 
 
 def remote_frames(text: str) -> types.TracebackType | None:
@@ -128,9 +139,7 @@ def remote_frames(text: str) -> types.TracebackType | None:
         exc.with_traceback(remote_frames(exc.remote_traceback))
     """
     try:
-        headers = list(_HEADER.finditer(text))
-        start = headers[-1].end() if headers else 0
-        frames = _FRAME.findall(text, start)[-_MAX_FRAMES:]
+        frames = _FRAME.findall(_last_block(text))[-_MAX_FRAMES:]
         tb = None
         for filename, lineno, name in reversed(frames):
             line = int(lineno)

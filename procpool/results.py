@@ -50,7 +50,7 @@ class AsyncResult(defer.Deferred):
     _held: Failure | None = None
 
     _logged: BaseException | None = None  # the failure's value, once logged
-    _what: str | None = None
+    _what: str | None = None  # as given to settle_failures, kept with a held failure
 
     def _chaining(self) -> None:
         if self._sealed:
@@ -85,7 +85,6 @@ class AsyncResult(defer.Deferred):
 
             d = AsyncResult().settle_failures("my job")
         """
-        self._what = what
         self._settling = True
         try:
             self.addErrback(_settle, self, what)
@@ -103,7 +102,7 @@ def _settle(failure: Failure, d: AsyncResult, what: str | None) -> Failure | Non
     if d.chained:
         _report_unhandled(d, what)
         return failure
-    d._held = failure
+    d._held, d._what = failure, what
     if what is None or failure.check(defer.CancelledError):
         d._logged = failure.value  # what=None: whoever settled it logs it
         return None
@@ -193,7 +192,6 @@ def _attach_callbacks(d: defer.Deferred, at_return: Callable[..., Any] | None,
         out.addCallback(lambda result: at_return(result, **(at_return_kwargs or {})))
     if at_err is not None:
         # One errback, as before: nothing more on the success path.
-        out._what = what = f"run_async: {what}: at_err"
         out.addErrback(_call_at_err, at_err, at_err_kwargs or {}, out, what)
         out._sealed = True
         return out
@@ -208,7 +206,7 @@ def _call_at_err(failure: Failure, at_err: Callable[..., Any], kwargs: dict[str,
     except BaseException:
         result = Failure()
     if isinstance(result, Failure):
-        return _settle(result, d, what)
+        return _settle(result, d, f"run_async: {what}: at_err")
     return result
 
 

@@ -172,6 +172,16 @@ class WorkerTracebacks(_Logged):
         yield procpool.run_async("x = 1\ny = x / 0", at_err=seen.append)
         self.assertIn('File "<source>", line 2, in <module>', seen[0].getTraceback())
 
+    @defer.inlineCallbacks
+    def test_a_chained_exception_shows_the_frames_of_the_one_raised_last(self):
+        seen: list[Failure] = []
+        source = "try:\n    {}['a']\nexcept KeyError:\n    raise ValueError('b')"
+        yield procpool.run_async(source, at_err=seen.append)
+        self.assertIsInstance(seen[0].value, ValueError)
+        self.assertEqual(seen[0].frames[-1][:3], ("<module>", "<source>", 4))
+        self.assertEqual([f for f in seen[0].frames if f[1] == "<source>"][:1],
+                         [seen[0].frames[-1]])
+
 
 class QuickStartPattern(_Logged):
     """``d = run_async("1/0"); d.addCallback(print)`` never gives "Unhandled error in Deferred"."""
