@@ -88,9 +88,9 @@ def game():
         g.create()
         (Path(g.gamedir) / "world" / "ppchecks.py").write_text(CHECKS)
         g.start()
-        conn = g.connect()
-        yield g, conn
-        conn.close()
+        state = [g, g.connect()]  # a test that logs in anew puts its connection here
+        yield state
+        state[1].close()
     finally:
         try:
             g.stop()
@@ -174,6 +174,18 @@ def test_quit_ends_a_dialogue_and_gives_the_commands_back(game):
     time.sleep(0.5)
     out = conn.command("look")
     assert "Limbo(#2)" in out and "Sure?" not in out
+
+
+def test_a_disconnect_ends_a_dialogue_and_the_next_login_has_its_commands(game):
+    g, conn = game
+    _py(conn, "from world.ppchecks import quiz; quiz(me)")
+    conn.read_until(r"What is 6 times 7\?", timeout=30)
+    conn.close()
+    time.sleep(1.0)
+    game[1] = conn = g.connect()
+    out = conn.command("look")
+    assert "Limbo(#2)" in out and "Sure?" not in out, out
+    assert "Traceback" not in g.server_log().split("Server successfully")[-1]
 
 
 def test_reload_with_a_task_running_comes_back_with_a_pool_and_fires_a_stored_delay_once(game):
