@@ -33,6 +33,7 @@ from procpool.errors import (
     InvalidTask,
     MemoryLimitExceeded,
     PayloadTooLarge,
+    PoolBusy,
     PoolStopped,
     ProcPoolError,
     ProcPoolTimeout,
@@ -46,6 +47,7 @@ from procpool.errors import (
     StorageUnavailable,
     TaskNotStored,
     WorkerCrashed,
+    WorkerProtocolError,
     WorkerStartError,
 )
 from procpool.settings import configure
@@ -93,6 +95,8 @@ __all__ = [
     "PoolStopped",
     "PayloadTooLarge",
     "MemoryLimitExceeded",
+    "PoolBusy",
+    "WorkerProtocolError",
     "RemoteError",
     "SerializationError",
     "SettingError",

@@ -11,13 +11,17 @@ docs/design.md (the wire).
 
 from __future__ import annotations
 
+import array
+import fcntl
 import os
+import termios
 from collections.abc import Callable
 from typing import Any
 
 from twisted.internet import main as main_error
 
-__all__ = ["READ_SIZE", "widen", "write_now", "drain"]
+__all__ = ["READ_SIZE", "widen", "write_now", "drain", "second_reader", "unread", "unwritten",
+           "take_back", "put_back"]
 
 #: Bytes read from a worker's answer pipe at once (Twisted reads 8 KiB).
 READ_SIZE = 256 * 1024
@@ -36,7 +40,6 @@ def widen(transport: Any, task_fd: int = 3, answer_fd: int = 4) -> None:
     """
     for pipe in (_pipe(transport, task_fd), _pipe(transport, answer_fd)):
         try:
-            import fcntl
             fcntl.fcntl(pipe.fd, fcntl.F_SETPIPE_SZ, _PIPE_SIZE)
         except (OSError, AttributeError):
             pass
@@ -100,3 +103,74 @@ def drain(transport: Any, deliver: Callable[[bytes], None], answer_fd: int = 4) 
         if not data:
             return
         deliver(data)
+
+
+def second_reader(transport: Any, task_fd: int = 3) -> int | None:
+    """
+    A non-blocking read end of the worker's task pipe, for :func:`take_back`;
+    None where it cannot be had. The pipe is reopened through /proc/self/fd:
+    the host holds only its write end.
+    """
+    fd = getattr(_pipe(transport, task_fd), "fd", None)
+    if fd is None:
+        return None
+    try:
+        return os.open(f"/proc/self/fd/{fd}", os.O_RDONLY | os.O_NONBLOCK)
+    except OSError:
+        return None
+
+
+def unread(transport: Any, task_fd: int = 3) -> int:
+    """Bytes in the task pipe the worker has not read yet; -1 if that cannot be told."""
+    fd = getattr(_pipe(transport, task_fd), "fd", None)
+    if fd is None:
+        return -1
+    count = array.array("i", [0])
+    try:
+        fcntl.ioctl(fd, termios.FIONREAD, count)
+    except OSError:
+        return -1
+    return count[0]
+
+
+def unwritten(transport: Any, task_fd: int = 3) -> int | None:
+    """Bytes Twisted still holds for the task pipe (not yet in it); None if unknown."""
+    writer = _pipe(transport, task_fd)
+    try:
+        return len(writer.dataBuffer) - writer.offset + writer._tempDataLen
+    except (AttributeError, TypeError):
+        return None
+
+
+def take_back(reader: int) -> bytes:
+    """
+    Read everything now in the task pipe through :func:`second_reader`'s end.
+    A read takes all that is there (more than the pipe holds is asked for),
+    so the worker and the host never split one write between them.
+    """
+    parts = []
+    while True:
+        try:
+            data = os.read(reader, 4 * _PIPE_SIZE)
+        except OSError:  # includes BlockingIOError: the pipe is empty
+            break
+        if not data:
+            break
+        parts.append(data)
+    return b"".join(parts)
+
+
+def put_back(transport: Any, data: bytes, task_fd: int = 3) -> bool:
+    """Write bytes taken back into the task pipe again, unchanged; False if that failed."""
+    fd = getattr(_pipe(transport, task_fd), "fd", None)
+    if fd is None:
+        return False
+    try:
+        written = os.write(fd, data)  # the pipe held these bytes a moment ago: they fit
+    except BlockingIOError:
+        written = 0
+    except OSError:
+        return False
+    if written < len(data):
+        transport.writeToChild(task_fd, data[written:])
+    return True

@@ -8,16 +8,24 @@ declares and documents. The rules they keep:
 
 - at least PROCPOOL_MIN_NPROC workers that are neither retiring nor killed
   (``_serving``), at most PROCPOOL_MAX_NPROC that are not retiring
-  (``_slots_taken``); a recycled worker's successor is started before the
-  old one leaves, so it may pass the maximum by one while it starts;
+  (``_slots_taken``), and never more than PROCPOOL_MAX_NPROC + 1 processes
+  alive, retiring ones included (``_may_spawn``): the one over is a
+  successor being started;
+- a worker takes no new task once it has been sent PROCPOOL_RECYCLE; its
+  successor starts when it is four fifths of the way there, and the old one
+  leaves when the successor answers (``_recycle_step``);
 - a failed start is retried after a pause that doubles (0.5 s up to 30 s);
-- a worker that dies settles its tasks: the oldest in flight crashed, the
-  others go back to the front of the queue.
+  meanwhile a worker past its count keeps serving rather than leave the pool
+  without workers;
+- a worker that dies settles its tasks: those it never read (left in its
+  task pipe) go back to the front of the queue; of the others, the oldest
+  crashed and the rest never started (back to the queue too).
 """
 
 from __future__ import annotations
 
 import enum
+import math
 from collections import deque
 from typing import Any
 
@@ -60,8 +68,11 @@ class WorkerSupply:
     idle: float
     recycle: int
     start_timeout: float
+    max_payload: int
     counters: dict[str, int]
     _queue: deque[Task]
+    _queued_bytes: int
+    _retiring: int
     _workers: list[Worker]
     _ready: list[Worker]
     _starting: set[Worker]
@@ -72,7 +83,7 @@ class WorkerSupply:
     _starter: Any
 
     def _pump(self) -> None:
-        raise NotImplementedError  # dispatch: ProcessPool's
+        raise NotImplementedError  # dispatch: procpool/_dispatch.py
 
     def _fail_queued(self, error: Exception) -> None:
         raise NotImplementedError  # ProcessPool's
@@ -80,13 +91,31 @@ class WorkerSupply:
     def _finish_stop(self) -> None:
         raise NotImplementedError  # ProcessPool's
 
+    def _garbled_ended(self, worker: Worker, read: list[Task]) -> None:
+        raise NotImplementedError  # procpool/_ending.py
+
     def _move(self, worker: Worker, state: WorkerState) -> None:
-        """Move ``worker`` to ``state``, keeping ``_ready`` exactly the READY workers."""
-        if worker.state is _READY and state is not _READY:
+        """
+        Move ``worker`` to ``state``. ``_ready`` holds READY workers only (all
+        but those past their recycling count); ``_retiring`` counts RETIRING ones.
+        """
+        was = worker.state
+        if was is _READY and state is not _READY and worker in self._ready:
             self._ready.remove(worker)
         worker.move(state)
         if state is _READY:
             self._ready.append(worker)
+        self._retiring += (state is _RETIRING) - (was is _RETIRING)
+
+    def _requeue_front(self, tasks: list[Task]) -> None:
+        """Put tasks that never started back at the front of the queue, in order."""
+        tasks = [t for t in tasks if not t.cancelled]
+        self._queue.extendleft(reversed(tasks))
+        self._queued_bytes += sum(len(t.payload) for t in tasks)
+
+    def _may_spawn(self) -> bool:
+        """At most PROCPOOL_MAX_NPROC + 1 processes alive (the one over: a successor starting)."""
+        return len(self._workers) <= self.max_workers
 
     def _slots_taken(self) -> int:
         """Workers counted against PROCPOOL_MAX_NPROC: all but the retiring ones."""
@@ -97,7 +126,9 @@ class WorkerSupply:
         return sum(1 for w in self._workers if w.state not in (_RETIRING, _KILLED))
 
     def _spawn(self) -> Worker:
-        worker = Worker(self)
+        worker = Worker(self, self.max_payload)
+        if self.recycle:
+            worker.recycle_at = self.recycle - self.recycle // 5
         self._workers.append(worker)
         self._starting.add(worker)
         self.counters["workers_started"] += 1
@@ -165,7 +196,7 @@ class WorkerSupply:
 
     def _grow(self) -> None:
         if (self.state is PoolState.RUNNING and self._respawn_call is None
-                and self._slots_taken() < self.max_workers
+                and self._may_spawn() and self._slots_taken() < self.max_workers
                 and len(self._starting) < len(self._queue)):
             self._spawn().started.addErrback(lambda f: None)
 
@@ -180,6 +211,8 @@ class WorkerSupply:
                                                       self._respawn)
             return
         for _ in range(missing):
+            if not self._may_spawn():
+                return  # the next worker to end calls this again
             self._spawn().started.addErrback(lambda f: None)
 
     def _respawn(self) -> None:
@@ -187,14 +220,37 @@ class WorkerSupply:
         if self.state is not PoolState.RUNNING:
             return
         serving = self._serving()
-        if serving < self.min_workers or (self._queue and serving < self.max_workers):
+        if self._may_spawn() and (serving < self.min_workers
+                                  or (self._queue and serving < self.max_workers)):
             self._spawn().started.addErrback(lambda f: None)
 
-    def _recycle(self, worker: Worker) -> None:
-        """Start a successor; the old worker keeps working until it answers (hides the start)."""
-        if (self.state is not PoolState.RUNNING or self._respawn_call is not None
-                or worker.state is not _READY
-                or self.clock.seconds() < self._recycle_not_before):
+    def _starts_failing(self) -> bool:
+        return (self._respawn_call is not None
+                or self.clock.seconds() < self._recycle_not_before)
+
+    def _recycle_step(self, worker: Worker) -> None:
+        """
+        ``worker.dispatched`` reached ``worker.recycle_at``: four fifths of
+        the way, start its successor (it hides the start); at the count, the
+        worker takes nothing more and leaves when its successor answers.
+        """
+        if worker.successor is None:
+            self._start_successor(worker)
+        if worker.dispatched < self.recycle:
+            worker.recycle_at = self.recycle
+            return
+        worker.recycle_at = math.inf
+        if worker.successor is not None:
+            if worker in self._ready:
+                self._ready.remove(worker)  # READY, but sent nothing more
+        elif self._starts_failing() and self.state is PoolState.RUNNING:
+            worker.recycle_at = worker.dispatched + 1  # keep serving; try again later
+        else:
+            self._retire(worker, recycled=True)
+
+    def _start_successor(self, worker: Worker) -> None:
+        if (self.state is not PoolState.RUNNING or worker.state is not _READY
+                or self._starts_failing() or not self._may_spawn()):
             return  # workers are failing to start: keep this one rather than churn
         successor = self._spawn()
         worker.successor = successor
@@ -204,6 +260,10 @@ class WorkerSupply:
             # Keep the old worker; try again after a growing pause.
             worker.successor = None
             self._recycle_not_before = self.clock.seconds() + _backoff(self._start_failures)
+            if worker.state is _READY and worker not in self._ready:
+                self._ready.append(worker)
+                worker.recycle_at = worker.dispatched + 1
+                self._pump()
 
         successor.started.addErrback(failed)
 
@@ -226,13 +286,20 @@ class WorkerSupply:
             worker.start_timer.cancel()
         exitcode = getattr(reason.value, "exitCode", None)
         signum = getattr(reason.value, "signal", None)
+        unread = worker.unread_at_exit() if worker.inflight else 0
         inflight = list(worker.inflight)
         worker.inflight.clear()
+        read = inflight[:len(inflight) - unread]
+        if unread:
+            # Tasks still in its pipe never started, whatever killed it.
+            self._requeue_front(inflight[len(read):])
         if worker in self._starting:
             self._starting.discard(worker)
             self._ended_before_ready(worker, exitcode, signum)
-        elif inflight:
-            self._crashed(worker, inflight, exitcode, signum)
+        elif read and worker.garbled is not None:
+            self._garbled_ended(worker, read)
+        elif read:
+            self._crashed(worker, read, exitcode, signum)
         elif was not in (_RETIRING, _KILLED):
             self.counters["workers_crashed"] += 1
             log.warn("idle worker {pid} died (exit code {code}, signal {sig})",
@@ -265,8 +332,9 @@ class WorkerSupply:
                  pid=worker.pid, code=exitcode, sig=signum)
         # Put the tasks that never started back first: the errback may stop
         # the pool, which must then fail them rather than lose them.
-        self._queue.extendleft(reversed(inflight[1:]))
-        first.deferred.errback(WorkerCrashed(worker.pid, exitcode, signum))
+        self._requeue_front(inflight[1:])
+        if not first.deferred.called:
+            first.deferred.errback(WorkerCrashed(worker.pid, exitcode, signum))
 
     def _reap_interval(self) -> float:
         return max(0.5, min(self.idle / 2, 30.0))

@@ -21,8 +21,10 @@ move, so a wrong transition fails loudly where it is made.
 from __future__ import annotations
 
 import enum
+import math
 import os
 import signal
+import struct
 import time
 from collections import deque
 from typing import Any, Protocol
@@ -34,7 +36,8 @@ from twisted.python.failure import Failure
 from procpool import _pipes
 from workers import wire
 
-__all__ = ["Task", "Worker", "WorkerState", "MAX_DEPTH", "SHORT_TASK"]
+__all__ = ["Task", "Worker", "WorkerState", "MAX_DEPTH", "SHORT_TASK", "box_size",
+           "answered_in", "raw_box"]
 
 log = Logger()
 
@@ -46,6 +49,11 @@ SHORT_TASK = 0.001
 _MAX_LINE = 16 * 1024
 #: The descriptors of a worker's two AMP pipes (see procpool/_spawn.py).
 TASK_FD, ANSWER_FD = 3, 4
+#: AMP's longest key; a longer one means the answer stream lost its framing.
+_MAX_KEY = 255
+_LENGTH = struct.Struct(">H").pack
+#: The first key of every box a worker sends (workers/wire.py).
+_OPENING = frozenset([b"_answer", b"_error", b"_command"])
 
 
 class Task:
@@ -61,9 +69,12 @@ class Task:
     @ivar submitted: ``perf_counter()`` when it was submitted.
     @ivar sent: ``perf_counter()`` when it was last sent to a worker.
     @ivar timer: the pending ``IDelayedCall`` of its time limit, or None.
+    @ivar cancelled: its Deferred was cancelled while it waited, already read,
+        behind another task on a worker (that worker is killed when it starts it).
     """
 
-    __slots__ = ("deferred", "kind", "payload", "timeout", "ask", "submitted", "sent", "timer")
+    __slots__ = ("deferred", "kind", "payload", "timeout", "ask", "submitted", "sent", "timer",
+                 "cancelled")
 
     def __init__(self, kind: bytes, payload: bytes, timeout: float | None,
                  deferred: defer.Deferred | None = None) -> None:
@@ -75,12 +86,68 @@ class Task:
         self.submitted = time.perf_counter()
         self.sent = 0.0
         self.timer: Any = None
+        self.cancelled = False
 
     def cancel_timer(self) -> None:
         """Disarm the time limit, if armed."""
         timer, self.timer = self.timer, None
         if timer is not None and timer.active():
             timer.cancel()
+
+
+def box_size(task: Task) -> int:
+    """Bytes of the ``run`` box that carried ``task`` (workers/wire.py's encode_run)."""
+    size = len(task.payload)
+    if size <= wire.MAX_VALUE:
+        return 36 + len(task.ask) + size
+    return sum(len(part) for part in wire.encode_run(task.ask, task.kind, task.payload))
+
+
+def _plausible_key(key: bytes) -> bool:
+    """Keys of the wire are short names of letters, digits, '_' and '.' (workers/wire.py)."""
+    return 0 < len(key) <= _MAX_KEY and key.translate(None, b"_.").isalnum()
+
+
+class _AnswerParser(wire.BoxParser):
+    """The wire's parser, plus what the host needs to see that the stream lost its framing."""
+
+    __slots__ = ()
+
+    def lost(self, max_pairs: int) -> str | None:
+        """Why the unfinished box cannot be the start of a real answer, or None."""
+        left, box = self._left, self._box
+        keys = list(box)
+        if len(left) >= 2:
+            klen = (left[0] << 8) | left[1]
+            if klen > _MAX_KEY:
+                return f"a key of {klen} bytes (AMP allows {_MAX_KEY})"
+            if len(left) >= 2 + klen:
+                keys.append(bytes(left[2:2 + klen]))
+        if len(keys) > max_pairs:
+            return f"an answer of more than {max_pairs} values"
+        if keys and keys[0] not in _OPENING:
+            return f"a box opening with {keys[0][:40]!r}"
+        for key in keys:
+            if not _plausible_key(key):
+                return f"an unknown key {key[:40]!r}"
+        return None
+
+    def unreadable(self) -> bytes:
+        """The bytes received and not part of a whole box (to look for answers in them)."""
+        pairs = (_LENGTH(len(k)) + k + _LENGTH(len(v)) + bytes(v) for k, v in self._box.items())
+        return b"".join([*pairs, self._left])
+
+
+def raw_box(box: dict[bytes, Any]) -> bytes:
+    """A parsed box back as the bytes it came in."""
+    pairs = (_LENGTH(len(k)) + k + _LENGTH(len(v)) + bytes(v) for k, v in box.items())
+    return b"".join([*pairs, b"\x00\x00"])
+
+
+def answered_in(seen: bytes, ask: bytes) -> bool:
+    """Does an answer (or error) box for ``ask`` show in the bytes ``seen``?"""
+    value = _LENGTH(len(ask)) + ask
+    return (b"\x00\x07_answer" + value) in seen or (b"\x00\x06_error" + value) in seen
 
 
 class WorkerState(enum.Enum):
@@ -114,6 +181,8 @@ class _Pool(Protocol):
 
     def _worker_ended(self, worker: Worker, reason: Failure) -> None: ...
 
+    def _framing_lost(self, worker: Worker, why: str) -> None: ...
+
 
 class Worker(protocol.ProcessProtocol):
     """
@@ -139,13 +208,24 @@ class Worker(protocol.ProcessProtocol):
     @ivar started: fires when it answers, or fails with WorkerStartError.
     @ivar start_timer: the pending start deadline, or None.
     @ivar stderr_tail: its last 40 stderr lines (for start errors).
+    @ivar recycle_at: ``dispatched`` count of its next recycling step (the pool's).
+    @ivar max_pairs: most values one answer box may hold (from the payload cap).
+    @ivar taskback: a second read end of its task pipe, to take back tasks it
+        has not read (procpool/_pipes.py), or None.
+    @ivar garbled: once its answers lost their framing, all it wrote since
+        (raw); else None. ``garbled_why`` says what was wrong.
     """
 
-    def __init__(self, pool: _Pool) -> None:
+    def __init__(self, pool: _Pool, max_payload: int = 1 << 28) -> None:
         self.pool = pool
         self.pid: int | None = None
         self.state = WorkerState.STARTING
-        self.parser = wire.BoxParser()
+        self.parser = _AnswerParser()
+        self.max_pairs = max_payload // wire.MAX_VALUE + 16
+        self.recycle_at: float = math.inf
+        self.taskback: int | None = None
+        self.garbled: bytes | None = None
+        self.garbled_why = ""
         self.inflight: deque[Task] = deque()
         self.successor: Worker | None = None
         self.replaces: Worker | None = None
@@ -185,19 +265,32 @@ class Worker(protocol.ProcessProtocol):
     def connectionMade(self) -> None:  # noqa: N802 - Twisted's name
         self.pid = self.transport.pid
         _pipes.widen(self.transport, TASK_FD, ANSWER_FD)
+        self.taskback = _pipes.second_reader(self.transport, TASK_FD)
 
     def childDataReceived(self, childFD: int, data: bytes) -> None:  # noqa: N802, N803
         if childFD != ANSWER_FD:
             self._output(childFD, data)
             return
+        if self.garbled is not None:
+            self.garbled += data  # killed: kept to see which tasks it answered
+            return
         pool = self.pool
-        for box in self.parser.feed(data):
+        parser = self.parser
+        for box in parser.feed(data):
             try:
                 pool._box_received(self, box)
             except Exception:
                 # Never let one box's trouble lose the boxes behind it.
                 log.failure("procpool: handling an answer from worker {pid} failed",
                             pid=self.pid)
+        if parser._left or parser._box:
+            if self.state is not WorkerState.KILLED:
+                why = parser.lost(self.max_pairs)
+                if why is not None:
+                    pool._framing_lost(self, why)
+            if self.garbled is not None:
+                self.garbled += parser.unreadable()
+                self.parser = _AnswerParser()
 
     def childConnectionLost(self, childFD: int) -> None:  # noqa: N802, N803
         if childFD in (TASK_FD, ANSWER_FD):
@@ -213,6 +306,7 @@ class Worker(protocol.ProcessProtocol):
         _pipes.drain(self.transport, lambda data: self.childDataReceived(ANSWER_FD, data),
                      ANSWER_FD)
         self._settle(reason)
+        self._close_taskback()
         for child_fd in (1, 2, TASK_FD, ANSWER_FD):
             try:
                 self.transport.closeChildFD(child_fd)
@@ -221,6 +315,12 @@ class Worker(protocol.ProcessProtocol):
 
     def processEnded(self, reason: Failure) -> None:  # noqa: N802
         self._settle(reason)
+        self._close_taskback()
+
+    def _close_taskback(self) -> None:
+        fd, self.taskback = self.taskback, None
+        if fd is not None:
+            os.close(fd)
 
     def _settle(self, reason: Failure) -> None:
         if self.state is WorkerState.DEAD:
@@ -265,6 +365,59 @@ class Worker(protocol.ProcessProtocol):
         except (KeyError, OSError):
             return False
         return True
+
+    def read_all_sent(self) -> bool:
+        """Has the worker read every box sent to it? (Then what is sent next waits in the pipe.)"""
+        return _pipes.unread(self.transport, TASK_FD) == 0
+
+    def withdraw(self) -> list[Task]:
+        """
+        Take back the tasks in flight whose boxes the worker has not read yet
+        (the newest ones), oldest first; they never started. Nothing is
+        taken when the pipe does not hold whole boxes (the worker is reading
+        one): then the bytes go back unchanged.
+        """
+        if (self.taskback is None or self.state is WorkerState.DEAD
+                or _pipes.unwritten(self.transport, TASK_FD) != 0):
+            return []
+        data = _pipes.take_back(self.taskback)
+        if not data:
+            return []
+        count = self._boxes_in(len(data))
+        if count is None:
+            _pipes.put_back(self.transport, data, TASK_FD)
+            return []
+        taken = [self.inflight.pop() for _ in range(count)]
+        taken.reverse()
+        self.dispatched -= count
+        return taken
+
+    def _boxes_in(self, size: int) -> int | None:
+        """How many of the newest tasks' boxes are exactly the last ``size`` bytes sent, or None."""
+        count = 0
+        for task in reversed(self.inflight):
+            if size <= 0:
+                break
+            size -= box_size(task)
+            count += 1
+        return count if size == 0 else None
+
+    def unread_at_exit(self) -> int:
+        """
+        For a worker that has exited: how many of its newest tasks in flight
+        it never read whole (so never started), from what is left in its
+        task pipe and in Twisted's buffer for it.
+        """
+        left = _pipes.unwritten(self.transport, TASK_FD) or 0
+        if self.taskback is not None:
+            left += len(_pipes.take_back(self.taskback))
+        count = 0
+        for task in reversed(self.inflight):
+            if left <= 0:
+                break
+            left -= box_size(task)
+            count += 1
+        return count
 
     def close_input(self) -> None:
         """Close the task pipe: the worker exits once it has answered what it has."""

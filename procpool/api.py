@@ -190,8 +190,10 @@ def _in_pool(to_execute: Any, args: tuple[Any, ...], kwargs: dict[str, Any],
                                            "the source string's keyword arguments")
     else:
         kind, payload = b"c", _codec.dumps((to_execute, args, kwargs), f"{what} or its arguments")
-    # The pool fires the caller's AsyncResult itself: one Deferred per call.
-    return get_pool()._submit(kind, payload, timeout, AsyncResult())
+    # The pool fires the caller's AsyncResult itself: one Deferred per call;
+    # cancelling it cancels the task (ProcessPool._cancel).
+    pool = get_pool()
+    return pool._submit(kind, payload, timeout, AsyncResult(pool.canceller))
 
 
 def _in_sandbox(source: Any, kwargs: dict[str, Any], timeout: Any) -> defer.Deferred:

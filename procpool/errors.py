@@ -13,7 +13,7 @@ The families:
 
 - the pool: :class:`ProcPoolTimeout`, :class:`WorkerCrashed`,
   :class:`WorkerStartError`, :class:`PoolStopped`, :class:`PayloadTooLarge`,
-  :class:`MemoryLimitExceeded`,
+  :class:`MemoryLimitExceeded`, :class:`PoolBusy`, :class:`WorkerProtocolError`,
   :class:`SerializationError`, :class:`RemoteError`;
 - settings: :class:`SettingError`;
 - delays, dialogues and their storage: :class:`InvalidTask`,
@@ -37,6 +37,8 @@ __all__ = [
     "PoolStopped",
     "PayloadTooLarge",
     "MemoryLimitExceeded",
+    "PoolBusy",
+    "WorkerProtocolError",
     "RemoteError",
     "SerializationError",
     "SettingError",
@@ -93,6 +95,23 @@ class WorkerCrashed(ProcPoolError):
         self.signum = signum
 
 
+class WorkerProtocolError(WorkerCrashed):
+    """
+    The worker's answers could not be read any more (their framing was lost:
+    a task wrote to the worker's answer pipe, say), so it was killed while
+    running the task. ``reason`` says what was wrong; also a
+    :class:`WorkerCrashed`, with ``signum`` SIGKILL.
+    """
+
+    def __init__(self, pid: int | None, reason: str) -> None:
+        ProcPoolError.__init__(self, f"worker {pid}'s answers lost their framing ({reason}); it "
+                                     "was killed while running the task")
+        self.pid = pid
+        self.exitcode = None
+        self.signum = int(signal.SIGKILL)
+        self.reason = reason
+
+
 class WorkerStartError(ProcPoolError):
     """A worker process could not be started or did not answer in time."""
 
@@ -102,6 +121,26 @@ class PoolStopped(ProcPoolError):
 
     def __init__(self, message: str = "the process pool is stopped") -> None:
         super().__init__(message)
+
+
+class PoolBusy(ProcPoolError):
+    """
+    The pool's queue is at one of its bounds, so the task was refused at once.
+
+    ``bound`` names the setting (``PROCPOOL_MAX_QUEUE`` or
+    ``PROCPOOL_MAX_QUEUED_BYTES``), ``limit`` is its value and ``current``
+    what the task would have made it (tasks or bytes waiting)::
+
+        >>> PoolBusy("PROCPOOL_MAX_QUEUE", 100000, 100000, "tasks").bound
+        'PROCPOOL_MAX_QUEUE'
+    """
+
+    def __init__(self, bound: str, limit: int, current: int, unit: str) -> None:
+        super().__init__(f"the pool's queue is full: {current:,} {unit} waiting, over {bound} "
+                         f"({limit:,}); try again later")
+        self.bound = bound
+        self.limit = limit
+        self.current = current
 
 
 class PayloadTooLarge(ProcPoolError):

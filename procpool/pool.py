@@ -8,10 +8,11 @@ The pool of worker processes, and the path one call takes through it.
     ProcessPool._submit(kind, payload, timeout, AsyncResult) -> the AsyncResult
         |
         v
-    +-------------+   _pump(): an idle worker first; else, for a task with
-    | queue (FIFO)|   no time limit, a worker whose recent tasks were short
-    +-------------+   and that has fewer than MAX_DEPTH tasks in flight;
-        |             else start a worker (up to PROCPOOL_MAX_NPROC) and wait
+    +-------------+   _pump() (procpool/_dispatch.py): an idle worker first;
+    | queue (FIFO)|   else start a worker (up to PROCPOOL_MAX_NPROC) and wait;
+    +-------------+   only when none can start, send a task with no time limit
+        |             ahead to a worker whose recent tasks were short (fewer
+        |             than MAX_DEPTH in flight); bounded: PROCPOOL_MAX_QUEUE
         v
     Worker.inflight (FIFO)  ----- AMP box "run" on fd 3 ----->  python -m workers
         ^     (procpool/_worker.py)                                |  runs tasks in
@@ -34,8 +35,10 @@ A task with a time limit goes only to a worker with nothing in flight, and
 nothing is sent behind it; its clock starts when it is sent. On expiry the
 worker's whole process group gets SIGKILL and a replacement starts.
 
-The rooms: this module decides (queue, dispatch, workers coming and going);
-procpool/_worker.py is one worker process and its lifecycle states;
+The rooms: this module holds the queue, answers, time limits, cancelling and
+stop; procpool/_dispatch.py picks a worker for each task and moves tasks off
+a worker whose task turned out slow; procpool/_supply.py starts, recycles and
+buries workers; procpool/_worker.py is one worker process and its lifecycle states;
 procpool/_spawn.py starts one (command, environment, malloc);
 procpool/_pipes.py makes its pipes fast; procpool/_codec.py turns tasks into
 bytes and answers back into results; workers/ is the other end. What was
@@ -53,9 +56,10 @@ from twisted.internet import defer
 from twisted.logger import Logger
 
 from procpool import _codec, _spawn, settings
-from procpool._supply import PoolState, WorkerSupply
-from procpool._worker import MAX_DEPTH, Task, Worker, WorkerState
-from procpool.errors import PayloadTooLarge, PoolStopped, ProcPoolTimeout, SettingError
+from procpool._ending import TaskEndings
+from procpool._supply import PoolState
+from procpool._worker import Task, Worker, WorkerState, raw_box
+from procpool.errors import PayloadTooLarge, PoolBusy, PoolStopped, SettingError
 from procpool.results import _chain, _gather
 from workers import wire
 
@@ -65,11 +69,12 @@ log = Logger()
 
 _LATENCIES = 2048
 _COUNTERS = ("tasks_done", "tasks_failed", "tasks_timed_out", "tasks_crashed",
-             "workers_started", "workers_crashed", "workers_recycled", "workers_failed_to_start")
+             "tasks_cancelled", "tasks_rejected", "tasks_moved", "workers_started",
+             "workers_crashed", "workers_recycled", "workers_failed_to_start")
 _RETIRING, _KILLED = WorkerState.RETIRING, WorkerState.KILLED
 
 
-class ProcessPool(WorkerSupply):
+class ProcessPool(TaskEndings):
     """
     A pool of worker processes speaking AMP, fed from one FIFO queue.
 
@@ -93,7 +98,8 @@ class ProcessPool(WorkerSupply):
                  idle: float | None = None, recycle: int | None = None,
                  max_payload: int | None = None, directory: str | None = None,
                  uid: int | None = None, gid: int | None = None,
-                 start_timeout: float | None = None) -> None:
+                 start_timeout: float | None = None, max_queue: int | None = None,
+                 max_queued_bytes: int | None = None) -> None:
         if reactor is None:
             from twisted.internet import reactor as global_reactor
             reactor = global_reactor
@@ -117,9 +123,13 @@ class ProcessPool(WorkerSupply):
         self.uid = pick(uid, "PROCPOOL_UID")
         self.gid = pick(gid, "PROCPOOL_GID")
         self.start_timeout = pick(start_timeout, "PROCPOOL_START_TIMEOUT")
+        self.max_queue, self.max_queued_bytes = (pick(max_queue, "PROCPOOL_MAX_QUEUE"), pick(
+            max_queued_bytes, "PROCPOOL_MAX_QUEUED_BYTES"))
         self.state = PoolState.NEW
         self.counters = dict.fromkeys(_COUNTERS, 0)
         self._queue: deque[Task] = deque()
+        self._queued_bytes = self._retiring = 0  # payload bytes in _queue; RETIRING workers
+        self._balance_call: Any = None        # the next look at tasks waiting behind others
         self._workers: list[Worker] = []     # every worker not yet DEAD
         self._ready: list[Worker] = []       # exactly the READY ones, in dispatch order
         self._starting: set[Worker] = set()  # spawned, "ready" box not yet read
@@ -132,6 +142,7 @@ class ProcessPool(WorkerSupply):
         self._stop_kill: Any = None
         self._starter: Any = None
         self._latencies: deque[float] = deque(maxlen=_LATENCIES)
+        self.canceller = self._cancel  # for Deferreds handed to _submit (procpool/api.py)
 
     # -- lifecycle -------------------------------------------------------
 
@@ -174,7 +185,7 @@ class ProcessPool(WorkerSupply):
             except (ValueError, KeyError, TypeError):
                 pass
             self._shutdown_trigger = None
-        for call in (self._reaper, self._respawn_call):
+        for call in (self._reaper, self._respawn_call, self._balance_call):
             if call is not None and call.active():
                 call.cancel()
         self._fail_queued(PoolStopped("the process pool was stopped before the task ran"))
@@ -195,8 +206,9 @@ class ProcessPool(WorkerSupply):
             worker.inflight.clear()
             for task in inflight:
                 task.cancel_timer()
-                task.deferred.errback(PoolStopped(
-                    "the process pool was stopped while the task was running"))
+                if not task.cancelled:
+                    task.deferred.errback(PoolStopped(
+                        "the process pool was stopped while the task was running"))
             worker.kill_group()
 
     def _finish_stop(self) -> None:
@@ -241,7 +253,9 @@ class ProcessPool(WorkerSupply):
         Queue one serialised task (``kind`` and ``payload`` as in
         workers/wire.py; ``timeout`` already checked by
         :func:`procpool.settings.check_timeout`). Raises
-        :class:`PayloadTooLarge` at once for an over-cap payload.
+        :class:`PayloadTooLarge` at once for an over-cap payload; fails the
+        Deferred at once with :class:`PoolBusy` past the queue's bounds. A
+        ``deferred`` given should have :attr:`canceller` as its canceller.
         """
         if self.state is not PoolState.RUNNING:
             if self.state is not PoolState.NEW:
@@ -253,62 +267,40 @@ class ProcessPool(WorkerSupply):
         size = len(payload)
         if size > self.max_payload:
             raise PayloadTooLarge("the task's arguments", size, self.max_payload)
-        task = Task(kind, payload, timeout, deferred)
         queue = self._queue
+        if queue and (len(queue) >= self.max_queue
+                      or self._queued_bytes + size > self.max_queued_bytes):
+            return self._refuse(size, deferred)
+        task = Task(kind, payload, timeout,
+                    deferred if deferred is not None else defer.Deferred(self.canceller))
         # A non-empty queue means no worker can take more right now; the next
         # answer, start or death pumps it again.
         pump = not queue
         queue.append(task)
+        self._queued_bytes += size
         if pump:
             self._pump()
         return task.deferred
 
+    def _refuse(self, size: int, deferred: defer.Deferred | None) -> defer.Deferred:
+        self.counters["tasks_rejected"] += 1
+        if len(self._queue) >= self.max_queue:
+            error = PoolBusy("PROCPOOL_MAX_QUEUE", self.max_queue, len(self._queue), "tasks")
+        else:
+            error = PoolBusy("PROCPOOL_MAX_QUEUED_BYTES", self.max_queued_bytes,
+                             self._queued_bytes + size, "bytes")
+        d = deferred if deferred is not None else defer.Deferred()
+        d.errback(error)
+        return d
+
     def _fail_queued(self, error: Exception) -> None:
         queued = list(self._queue)
         self._queue.clear()
+        self._queued_bytes = 0
         for task in queued:
             task.deferred.errback(error)
 
-    # -- dispatch (the hot path) -------------------------------------------
-
-    def _pump(self) -> None:
-        queue = self._queue
-        ready = self._ready
-        while queue:
-            task = queue[0]
-            chosen = None
-            best = MAX_DEPTH
-            for worker in ready:
-                n = len(worker.inflight)
-                if n == 0:
-                    chosen = worker
-                    break
-                if (task.timeout is None and n < best and n < worker.depth
-                        and not worker.exclusive):
-                    chosen, best = worker, n
-            if chosen is None:
-                self._grow()
-                return
-            queue.popleft()
-            if not self._send(chosen, task):
-                queue.appendleft(task)
-                self._worker_lost(chosen)
-
-    def _send(self, worker: Worker, task: Task) -> bool:
-        worker.asks += 1
-        task.ask = ask = b"%x" % worker.asks
-        box = wire.encode_run(ask, task.kind, task.payload)
-        if not worker.send(box if isinstance(box, bytes) else b"".join(box)):
-            return False
-        worker.inflight.append(task)
-        task.sent = time.perf_counter()
-        if task.timeout is not None:
-            task.timer = self.clock.callLater(task.timeout, self._expire, worker, task)
-        worker.dispatched += 1
-        if (self.recycle and worker.dispatched >= self.recycle
-                and worker.successor is None):
-            self._recycle(worker)
-        return True
+    # -- answers (the hot path) --------------------------------------------
 
     def _box_received(self, worker: Worker, box: dict[bytes, Any]) -> None:
         if worker in self._starting:
@@ -316,13 +308,15 @@ class ProcessPool(WorkerSupply):
                 self._worker_ready(worker)
             return
         if worker.state is _KILLED:
-            return  # its tasks were settled when it was killed
+            if worker.garbled is not None:
+                worker.garbled += raw_box(box)  # settled from all it wrote, once it ends
+            return  # else its tasks were settled when it was killed
         inflight = worker.inflight
         ask = box.get(b"_answer")
         if ask is None:
             ask = box.get(b"_error")
         if not inflight or ask != inflight[0].ask:
-            self._wrong_answer(worker, ask)
+            self._wrong_answer(worker, box)
             return
         task = inflight.popleft()
         now = time.perf_counter()
@@ -350,34 +344,11 @@ class ProcessPool(WorkerSupply):
         else:
             self.counters["tasks_failed"] += 1
             task.deferred.errback(_codec.rebuild_error(box, payload))
-        if self._queue:
+        if inflight and inflight[0].cancelled:
+            self._kill_running(worker)  # it was cancelled while it waited; it starts now
             self._pump()
-
-    def _wrong_answer(self, worker: Worker, ask: Any) -> None:
-        """An answer to no task, or to another than the oldest in flight: kill the worker."""
-        if not worker.inflight:
-            log.error("worker {pid} sent an answer nobody asked for; killing it", pid=worker.pid)
-        else:
-            log.error("worker {pid} answered {got!r}, expected {want!r}; killing it",
-                      pid=worker.pid, got=ask, want=worker.inflight[0].ask)
-        worker.kill_group()
-
-    def _expire(self, worker: Worker, task: Task) -> None:
-        task.timer = None
-        if task not in worker.inflight:
-            return
-        worker.inflight.remove(task)
-        self._move(worker, _KILLED)
-        self.counters["tasks_timed_out"] += 1
-        log.warn("task on worker {pid} passed its {limit} s limit; killing its process group",
-                 pid=worker.pid, limit=task.timeout)
-        # Anything behind the timed-out task never started: run it elsewhere.
-        self._queue.extendleft(reversed(worker.inflight))
-        worker.inflight.clear()
-        worker.kill_group()
-        task.deferred.errback(ProcPoolTimeout(task.timeout))
-        self._replenish()
-        self._pump()
+        elif self._queue:
+            self._pump()
 
     # -- figures ---------------------------------------------------------
 
@@ -398,6 +369,7 @@ class ProcessPool(WorkerSupply):
             "idle": sum(1 for w in answering if not w.inflight),
             "starting": len(self._starting),
             "queued": len(self._queue),
+            "queued_bytes": self._queued_bytes,
             "in_flight": sum(len(w.inflight) for w in self._workers),
             "pids": sorted(w.pid for w in self._workers if w.pid is not None),
             **self.counters,
@@ -411,6 +383,7 @@ class ProcessPool(WorkerSupply):
     def figures_before_start() -> dict[str, Any]:
         """What :meth:`stats` says of a pool that does not exist yet: all zeros."""
         return {"state": "not started", "workers": 0, "busy": 0, "idle": 0, "starting": 0,
-                "queued": 0, "in_flight": 0, "pids": [], **dict.fromkeys(_COUNTERS, 0),
+                "queued": 0, "queued_bytes": 0, "in_flight": 0, "pids": [],
+                **dict.fromkeys(_COUNTERS, 0),
                 "latency_p50_ms": None, "latency_p99_ms": None}
 

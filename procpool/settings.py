@@ -202,6 +202,11 @@ SETTINGS: dict[str, Setting] = {s.name: s for s in [
             "Replace a worker after this many tasks; 0 never replaces."),
     Setting("PROCPOOL_MAX_PAYLOAD", 256 * _MiB, _int(1),
             "Largest argument or result, in bytes, that may cross to or from a worker."),
+    Setting("PROCPOOL_MAX_QUEUE", 100_000, _int(1),
+            "Most tasks waiting for a worker; past it run_async fails at once with PoolBusy."),
+    Setting("PROCPOOL_MAX_QUEUED_BYTES", 512 * _MiB, _int(1),
+            "Most bytes of arguments waiting for a worker; past it run_async fails at once "
+            "with PoolBusy (a task that finds the queue empty is always taken)."),
     Setting("PROCPOOL_WORKER_INIT", None, _str(optional=True),
             "A function each worker calls once before its first task, as 'module:function' "
             "(procpool.evennia sets it to set the game's Django up)."),
