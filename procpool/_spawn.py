@@ -6,7 +6,7 @@ pipe on fd 4, started through ampoule's ``ProcessStarter`` with an injected
 reactor. It inherits the host's environment and import path (ampoule
 replaced the environment and rewrote PYTHONPATH: ampoule defect 4 in
 docs/design.md), plus every setting given to ``procpool.configure()``, the
-pool's payload cap and its spin time, each written once here.
+pool's payload cap, its spin time and its memory limit, each written once here.
 """
 
 from __future__ import annotations
@@ -53,6 +53,8 @@ def _environment(max_payload: int, uid: int | None, gid: int | None) -> dict[str
             env[name] = "" if value is None else str(value)
     env["PROCPOOL_MAX_PAYLOAD"] = str(max_payload)
     env["PROCPOOL_SPIN"] = str(settings.get("PROCPOOL_SPIN"))
+    memory = settings.get("PROCPOOL_MAX_MEMORY")  # the worker's RLIMIT_DATA (workers/limits.py)
+    env["PROCPOOL_MAX_MEMORY"] = "" if memory is None else str(memory)
     if settings.get("PROCPOOL_TUNE_MALLOC") and "GLIBC_TUNABLES" not in env:
         env["GLIBC_TUNABLES"] = (f"glibc.malloc.mmap_threshold={_MMAP_THRESHOLD}:"
                                  f"glibc.malloc.trim_threshold={_TRIM_THRESHOLD}")

@@ -187,3 +187,70 @@ def write_without_newlines(n: int) -> int:
         out.write(chunk)
     out.flush()
     return n
+
+
+def fork_sleeper(seconds: int) -> int:
+    """Fork a child that sleeps ``seconds`` (it never execs) and return its pid."""
+    child = os.fork()
+    if child == 0:
+        time.sleep(seconds)
+        os._exit(0)
+    return child
+
+
+def fork_grandchild(path: str) -> None:
+    """Fork a child that sleeps 100 s, write its pid to ``path``, and hang."""
+    child = fork_sleeper(100)
+    with open(path, "w") as f:
+        f.write(str(child))
+    time.sleep(100)
+
+
+def allocate(n: int) -> int:
+    """Allocate ``n`` bytes at once and return how many."""
+    return len(bytearray(n))
+
+
+def allocate_gradually(n: int, step: int = 1 << 20) -> int:
+    """Allocate ``n`` bytes ``step`` bytes at a time, keeping all of it, and return how many."""
+    kept = [bytearray(step) for _ in range(n // step)]
+    return sum(len(b) for b in kept)
+
+
+def data_limit() -> tuple[int, int]:
+    """The worker's RLIMIT_DATA (soft, hard)."""
+    import resource
+    return resource.getrlimit(resource.RLIMIT_DATA)
+
+
+def close_standard_fds() -> None:
+    """Close descriptors 0, 1 and 2, as a daemonising script would."""
+    for fd in (0, 1, 2):
+        os.close(fd)
+
+
+def print_line(text: str) -> bool:
+    """Print ``text`` to stdout and stderr; True if both worked."""
+    import sys
+    print(text)
+    print(text, file=sys.stderr)
+    return True
+
+
+_hijacked: list[int] = []
+
+
+def put_a_pipe_on_fds_3_and_4() -> bool:
+    """Close descriptors 3 and 4 and put a pipe of the task's own there (kept open)."""
+    for fd in (3, 4):
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+    read_end, write_end = os.pipe()
+    for fd, target in ((read_end, 3), (write_end, 4)):
+        if fd != target:
+            os.dup2(fd, target)
+            os.close(fd)
+    _hijacked.extend((3, 4))
+    return True

@@ -9,7 +9,10 @@ that the tasks queued behind it never started.
 
 It imports no Twisted (see workers/wire.py). It leads its own process
 group, so the host can kill it together with everything it started, and it
-asks the kernel to kill it if the host dies. It exits normally (``atexit``
+asks the kernel to kill it if the host dies; its reaper kills that group
+when it dies (workers/reaper.py). It runs under PROCPOOL_MAX_MEMORY
+(workers/limits.py) and puts back descriptors a task closed
+(workers/hygiene.py). It exits normally (``atexit``
 hooks run, e.g. workers.db closes its connection) when the host closes its
 input.
 """
@@ -23,9 +26,10 @@ import select
 import sys
 import time
 import traceback
+from collections.abc import Iterator
 from typing import Any
 
-from workers import pickling, wire
+from workers import hygiene, limits, pickling, reaper, wire
 from workers.source import run_source
 
 __all__ = ["main", "serve"]
@@ -33,6 +37,8 @@ __all__ = ["main", "serve"]
 FD_IN = 3
 FD_OUT = 4
 _READ_SIZE = 1 << 20
+#: PROCPOOL_MAX_MEMORY in bytes, or None (set by main; workers/limits.py).
+_memory_limit: int | None = None
 
 
 def _write_all(fd: int, parts: list[bytes | memoryview] | bytes) -> None:
@@ -90,27 +96,43 @@ def run_task(kind: bytes, payload: bytes) -> Any:
     raise ValueError(f"unknown task kind {kind!r}")
 
 
+def _raised(ask: bytes, exc: BaseException, cap: int) -> list:
+    """The box saying that the task raised ``exc``."""
+    info = _describe(exc)
+    data = pickle.dumps(tuple(info), protocol=5)
+    if len(data) > cap:
+        info = info._replace(pickled=b"", traceback=info.traceback[-20000:])
+        data = pickle.dumps(tuple(info), protocol=5)
+    return wire.encode_error(ask, wire.REMOTE, info.message, data)
+
+
 def answer(ask: bytes, kind: bytes, payload: bytes, cap: int) -> list:
-    """Run a task and build the box that answers it."""
+    """
+    Run a task and build the box that answers it. A MemoryError under
+    PROCPOOL_MAX_MEMORY raises :class:`limits.OverTheLimit` instead, once the
+    task's frames (and what they held) are gone.
+    """
     try:
         result = run_task(kind, payload)
+    except MemoryError as exc:
+        if _memory_limit is None:
+            return _raised(ask, exc, cap)
+        text = limits.traceback_text(exc)
     except BaseException as exc:  # noqa: BLE001 - a task's SystemExit must not end the worker
-        info = _describe(exc)
-        data = pickle.dumps(tuple(info), protocol=5)
+        return _raised(ask, exc, cap)
+    else:
+        try:
+            data = pickling.dumps(result)
+        except Exception as exc:
+            return wire.encode_error(ask, wire.UNSERIALIZABLE,
+                                     f"the result, of type {type(result).__name__}, could not "
+                                     f"be serialised: {exc}")
         if len(data) > cap:
-            info = info._replace(pickled=b"", traceback=info.traceback[-20000:])
-            data = pickle.dumps(tuple(info), protocol=5)
-        return wire.encode_error(ask, wire.REMOTE, info.message, data)
-    try:
-        data = pickling.dumps(result)
-    except Exception as exc:
-        return wire.encode_error(ask, wire.UNSERIALIZABLE,
-                                 f"the result, of type {type(result).__name__}, could not be "
-                                 f"serialised: {exc}")
-    if len(data) > cap:
-        return wire.encode_error(ask, wire.TOO_LARGE, "the task's result is over the payload cap",
-                                 size=len(data), cap=cap)
-    return wire.encode_box({b"_answer": ask, b"p": data})
+            return wire.encode_error(ask, wire.TOO_LARGE,
+                                     "the task's result is over the payload cap",
+                                     size=len(data), cap=cap)
+        return wire.encode_box({b"_answer": ask, b"p": data})
+    raise limits.OverTheLimit(limits.exceeded(ask, _memory_limit, text))
 
 
 def _wait_briefly(poller: select.poll, spin: float) -> None:
@@ -127,30 +149,93 @@ def _wait_briefly(poller: select.poll, spin: float) -> None:
             return
 
 
-def serve(cap: int, spin: float, fd_in: int = FD_IN, fd_out: int = FD_OUT) -> None:
+def serve(cap: int, spin: float, fd_in: int = FD_IN, fd_out: int = FD_OUT,
+          guard: hygiene.Descriptors | None = None) -> None:
     """
     Answer ``run`` boxes from ``fd_in`` on ``fd_out`` until ``fd_in`` closes.
 
     ``cap`` is the largest result in bytes, ``spin`` the seconds to poll
-    for the next task before sleeping (0: never poll).
+    for the next task before sleeping (0: never poll). ``guard`` checks the
+    descriptors after each answer (workers/hygiene.py); it returns early
+    when the wire is broken or a task went past PROCPOOL_MAX_MEMORY.
     """
     _write_all(fd_out, wire.encode_box({b"_command": b"ready",
                                         b"pid": str(os.getpid()).encode()}))
     parser = wire.BoxParser()
     poller = select.poll()
     poller.register(fd_in, select.POLLIN)
+    watch = guard.watch if guard is not None else _nothing_wrong
     while True:
         if spin:
             _wait_briefly(poller, spin)
         data = os.read(fd_in, _READ_SIZE)
         if not data:
             return
-        for box in parser.feed(data):
+        boxes = parser.feed(data)
+        for box in boxes:
             if box.get(b"_command") != b"run":
                 continue
             ask = box.get(b"_ask", b"")
             payload = wire.join_value(box, b"p")
-            _write_all(fd_out, answer(ask, box.get(b"k", b""), payload, cap))
+            try:
+                reply = answer(ask, box.get(b"k", b""), payload, cap)
+            except limits.OverTheLimit as over:
+                _last_answers(over.answer, boxes, parser, fd_in, fd_out, cap)
+                return
+            _write_all(fd_out, reply)
+            bad = watch(0)
+            if bad and not guard.repair(bad):  # type: ignore[union-attr]
+                sys.stderr.write("workers: a task closed this worker's pipes to the host; "
+                                 "it exits and the pool starts another\n")
+                return
+
+
+def _nothing_wrong(timeout: int) -> list:
+    return []
+
+
+def _last_answers(first: list, rest: Iterator[dict], parser: wire.BoxParser, fd_in: int,
+                  fd_out: int, cap: int) -> None:
+    """
+    A task went past PROCPOOL_MAX_MEMORY. Take in the tasks already sent and
+    close the input first (the host's next write then fails, and it sends
+    its tasks elsewhere), write ``first``, answer the tasks taken in, in
+    order; the worker then exits and the host starts a fresh one.
+    """
+    pending = [*rest, *_drain(fd_in, parser)]
+    os.close(fd_in)
+    _write_all(fd_out, first)
+    for box in pending:
+        if box.get(b"_command") != b"run":
+            continue
+        try:
+            reply = answer(box.get(b"_ask", b""), box.get(b"k", b""),
+                           wire.join_value(box, b"p"), cap)
+        except limits.OverTheLimit as over:
+            reply = over.answer
+        _write_all(fd_out, reply)
+    sys.stderr.write(f"workers: a task went past PROCPOOL_MAX_MEMORY ({_memory_limit} bytes); "
+                     "this worker exits and the pool starts a fresh one\n")
+
+
+def _drain(fd: int, parser: wire.BoxParser, patience: float = 1.0) -> list[dict]:
+    """The boxes readable from ``fd`` now (waiting up to ``patience`` s for a box's end)."""
+    os.set_blocking(fd, False)
+    poller = select.poll()
+    poller.register(fd, select.POLLIN)
+    boxes: list[dict] = []
+    deadline = time.monotonic() + patience
+    while True:
+        try:
+            data = os.read(fd, _READ_SIZE)
+        except BlockingIOError:
+            if not parser.pending() or time.monotonic() > deadline:
+                return boxes
+            poller.poll(50)
+            continue
+        if not data:
+            return boxes
+        boxes.extend(parser.feed(data))
 
 
 def _die_with_parent() -> None:
@@ -217,8 +302,14 @@ def main() -> None:
     except OSError:
         pass
     _widen_pipes()
-    for fd in (FD_IN, FD_OUT):
-        os.set_inheritable(fd, False)  # a process a task starts must not hold the wire
+    wire_fds = hygiene.Descriptors(FD_IN, FD_OUT)  # 3 and 4 are the tasks' from now on
+    # Nothing a task starts outlives this worker, and no task takes more
+    # than PROCPOOL_MAX_MEMORY. Both before the user changes: they import
+    # ctypes and resource, which that user may not be able to read.
+    reaper.start()
+    global _memory_limit
+    _memory_limit = limits.from_environment()
+    limits.apply(_memory_limit)
     _drop_privileges()  # before PDEATHSIG: a change of credentials clears it
     _die_with_parent()
     # What tasks print goes to the host's log; keep it line-buffered.
@@ -228,7 +319,7 @@ def main() -> None:
     cap = int(os.environ["PROCPOOL_MAX_PAYLOAD"])
     spin = float(os.environ["PROCPOOL_SPIN"])
     try:
-        serve(cap, spin)
+        serve(cap, spin, wire_fds.fd_in, wire_fds.fd_out, wire_fds)
     except BrokenPipeError:
         pass
     sys.exit(0)
