@@ -291,6 +291,27 @@ def _started_by_a_host() -> bool:
     return True
 
 
+def _call_init(spec: str | None) -> None:
+    """
+    Call PROCPOOL_WORKER_INIT ('module:function') before the worker says it
+    is ready; if it fails, its traceback on stderr becomes the host's
+    WorkerStartError.
+    """
+    if not spec:
+        return
+    module, _, name = spec.partition(":")
+    try:
+        import importlib
+        function = getattr(importlib.import_module(module), name or "setup")
+        function()
+    except BaseException:
+        import traceback
+        sys.stderr.write(f"workers: PROCPOOL_WORKER_INIT {spec!r} failed:\n")
+        traceback.print_exc()
+        sys.stderr.flush()
+        os._exit(1)
+
+
 def main() -> None:
     """Entry point of ``python -m workers``."""
     if not _started_by_a_host():
@@ -318,6 +339,7 @@ def main() -> None:
     # The host always sets both (procpool/_spawn.py); the defaults live there.
     cap = int(os.environ["PROCPOOL_MAX_PAYLOAD"])
     spin = float(os.environ["PROCPOOL_SPIN"])
+    _call_init(os.environ.get("PROCPOOL_WORKER_INIT"))
     try:
         serve(cap, spin, wire_fds.fd_in, wire_fds.fd_out, wire_fds)
     except BrokenPipeError:
