@@ -45,6 +45,7 @@ class Command:
     summary: str
     builder_only: bool = False
     aliases: tuple[str, ...] = ()
+    starts_dialogue: bool = False
 
 
 COMMANDS: dict[str, Command] = {}
@@ -52,10 +53,11 @@ _BY_NAME: dict[str, Command] = {}
 
 
 def command(key: str, usage: str, summary: str, *, builder_only: bool = False,
-            aliases: tuple[str, ...] = ()) -> Callable[[Handler], Handler]:
+            aliases: tuple[str, ...] = (),
+            starts_dialogue: bool = False) -> Callable[[Handler], Handler]:
     """Register a command; e.g. ``@command("look", "look", "Describe the room.")``."""
     def register(func: Handler) -> Handler:
-        cmd = Command(key, func, usage, summary, builder_only, aliases)
+        cmd = Command(key, func, usage, summary, builder_only, aliases, starts_dialogue)
         COMMANDS[key] = cmd
         for name in (key, *aliases):
             _BY_NAME[name] = cmd
@@ -72,6 +74,23 @@ def one_line(error: BaseException | Failure) -> str:
     if len(text) > 300:
         text = text[:297] + "..."
     return f"{name}: {text}" if text else name
+
+
+def _named(line: str) -> Command | None:
+    word = line.strip().partition(" ")[0]
+    return _BY_NAME.get(word.lower()) if word else None
+
+
+def runs_during_dialogue(line: str, pausing: bool) -> bool:
+    """
+    True when ``line`` is a command even while a dialogue takes the player's
+    lines: ``quit`` (always), and during a pause a command that would start a
+    dialogue (it answers "Finish what you are answering first."). See docs/demo.md.
+    """
+    cmd = _named(line)
+    if cmd is None:
+        return False
+    return cmd.key == "quit" or (pausing and cmd.starts_dialogue)
 
 
 def execute(character: Character, line: str) -> None:
@@ -330,9 +349,10 @@ def quiz(caller: Character) -> Any:
     return score
 
 
-@command("quiz", "quiz", "Answer three questions (an @interactive dialogue).")
+@command("quiz", "quiz", "Answer three questions (an @interactive dialogue).",
+         starts_dialogue=True)
 def cmd_quiz(character: Character, args: str) -> None:
-    if character.waiting_for_input or character.dialogues:
+    if character.in_dialogue:
         # A second dialogue's question would take the first one's input: it
         # would wait forever.
         raise CommandError("Finish what you are answering first.")

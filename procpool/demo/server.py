@@ -172,13 +172,24 @@ class PlayerConnection(TelnetLineProtocol):
         role = "a builder" if self.character.is_builder else "a player"
         self.send_line(f"Welcome, {name}! You are {role}. Type 'help' for the commands.")
         commands.execute(self.character, "look")
+        # after the welcome: e.g. a delay that came due while the server was down
+        self.world.deliver_kept(self.character)
 
     def line_received(self, line: str) -> None:
-        if self.character.take_input(line):
+        """
+        One line from the player: a dialogue's input while one runs (even
+        during its pauses), else a command; ``quit`` always quits (docs/demo.md).
+        """
+        character = self.character
+        if character.in_dialogue and commands.runs_during_dialogue(
+                line, pausing=character.waiting_for_input is None):
+            commands.execute(character, line)
             return
-        if self.character.name is None:
-            return  # between the login dialogue's steps
-        commands.execute(self.character, line)
+        if character.take_input(line):
+            return
+        if character.name is None:
+            return  # not logged in: only the login dialogue reads lines
+        commands.execute(character, line)
 
     def connectionLost(self, reason: Failure = None) -> None:  # noqa: N802
         log.info("{name} disconnected", name=self.character.name or "a visitor")

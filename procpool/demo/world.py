@@ -8,6 +8,7 @@ A :class:`Character` is what procpool's APIs see as a ``caller``: it offers
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Callable, Iterator
 from typing import Any, Protocol
 
@@ -17,12 +18,16 @@ from twisted.logger import Logger
 
 log = Logger()
 
+# Lines a player may type ahead of a pausing dialogue's next question.
+MAX_HELD_LINES = 20
+
 
 class Output(Protocol):
     """Where a character's text goes: the player's connection."""
 
     def send_line(self, text: str) -> None: ...
     def disconnect(self) -> None: ...
+    def line_received(self, line: str) -> None: ...
 
 
 class Room:
@@ -48,6 +53,10 @@ class Character:
     A connected player. ``msg`` sends a line; ``get_input`` routes the next
     line to a callback instead of the command parser.
 
+    While a dialogue this character follows runs, every line is its input: a
+    line typed during one of its pauses is held for its next question. Lines
+    still held when the last dialogue ends are then run as typed (commands).
+
     Example (in the demo's ``py``): ``self.msg("hello")``, ``here.msg_contents("hi all")``.
     """
 
@@ -58,6 +67,7 @@ class Character:
         self.is_builder = False
         self.room: Room | None = None
         self._input: tuple[str, Callable[[Any], None]] | None = None
+        self._held: deque[str] = deque()  # typed during a dialogue's pause
         self.dialogues: set[Deferred[Any]] = set()
 
     # --- the caller protocol ------------------------------------------------
@@ -71,6 +81,9 @@ class Character:
 
     def get_input(self, prompt: str, callback: Callable[[Any], None]) -> None:
         """Give the player's next line to ``callback`` instead of running it as a command."""
+        if self._held:  # typed ahead, during the dialogue's pause
+            callback(self._held.popleft())
+            return
         self._input = (prompt, callback)
 
     # --- used by the server ---------------------------------------------------
@@ -80,10 +93,26 @@ class Character:
         """The prompt of the question the player is answering, if any."""
         return self._input[0] if self._input else None
 
+    @property
+    def in_dialogue(self) -> bool:
+        """True while a question waits or a followed dialogue runs (its lines are its own)."""
+        return self._input is not None or bool(self.dialogues)
+
     def take_input(self, line: str) -> bool:
-        """Hand ``line`` to a pending ``get_input`` callback; False when none waits."""
+        """
+        Hand ``line`` to a pending ``get_input`` callback, or hold it for the
+        next question while a followed dialogue pauses; False when no dialogue
+        wants it (then it is a command).
+        """
         if self._input is None:
-            return False
+            if not self.dialogues:
+                return False
+            if len(self._held) >= MAX_HELD_LINES:
+                self.msg(f"Too many lines typed ahead (most is {MAX_HELD_LINES}); "
+                         "this one is dropped.")
+            else:
+                self._held.append(line)
+            return True
         _prompt, callback = self._input
         self._input = None
         callback(line)
@@ -95,9 +124,16 @@ class Character:
 
         def done(result: Any) -> Any:
             self.dialogues.discard(dialogue)
+            if not self.dialogues:
+                self._run_held()
             return result
 
         return dialogue.addBoth(done)
+
+    def _run_held(self) -> None:
+        # No dialogue is left to answer: lines typed ahead are commands after all.
+        while self._held and not self.in_dialogue:
+            self.output.line_received(self._held.popleft())
 
     def left(self) -> None:
         """
@@ -105,6 +141,7 @@ class Character:
         answer a question still waiting for input with ``ConnectionDone`` (raised
         at the dialogue's ``yield``), so that no dialogue waits forever.
         """
+        self._held.clear()  # never run lines for someone who has gone
         for dialogue in list(self.dialogues):
             dialogue.cancel()
         pending, self._input = self._input, None
@@ -136,7 +173,11 @@ class World:
         return iter(list(self.characters.values()))
 
     def enter(self, character: Character, name: str) -> None:
-        """Log ``character`` in as ``name`` and put it in the lobby."""
+        """
+        Log ``character`` in as ``name`` and put it in the lobby. Messages kept
+        for ``name`` wait for :meth:`deliver_kept` (the server calls it after
+        its welcome).
+        """
         character.name = name
         self.characters[name.lower()] = character
         if self.builder_password is None and not self.first_builder_taken:
@@ -145,7 +186,10 @@ class World:
         self.lobby.msg_contents(f"{name} has arrived.")
         self.lobby.contents.append(character)
         character.room = self.lobby
-        for text in self.mailbox.pop(name.lower(), []):
+
+    def deliver_kept(self, character: Character) -> None:
+        """Send ``character`` the messages kept for it while it was away (see :meth:`tell`)."""
+        for text in self.mailbox.pop((character.name or "").lower(), []):
             character.msg(text)
 
     def leave(self, character: Character) -> None:
