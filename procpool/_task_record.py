@@ -12,15 +12,20 @@ import inspect
 import math
 import numbers
 import pickle
+import pickletools
 from collections.abc import Callable
 from typing import Any
 
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import CancelledError, Deferred
+from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from procpool.errors import InvalidTask
 from workers import pickling
 
 __all__ = ["TaskHandle"]
+
+log = Logger()
 
 
 class _Task:
@@ -161,6 +166,24 @@ class TaskHandle:
         return self._task.deferred
 
 
+def _fire_overdue(tasks: list[_Task]) -> None:
+    # One call for all of them: the reactor does not promise an order among
+    # calls due at the same moment, and overdue tasks run in due order.
+    for task in tasks:
+        if not task.deferred.called:
+            task.deferred.callback(None)
+
+
+def _ended_badly(failure: Failure, task: _Task) -> Failure | None:
+    """A task's Deferred failed: a cancel ends quietly; TaskNotStored goes to its watchers."""
+    if failure.check(CancelledError):
+        return None
+    # TaskNotStored, already logged: the errbacks of whoever asked for the
+    # Deferred should see it; if nobody did, passing it on would only log it
+    # a second time as "Unhandled error in Deferred".
+    return failure if task.watched else None
+
+
 def _check_delay(timedelay: Any) -> float:
     if isinstance(timedelay, bool) or not isinstance(timedelay, numbers.Real):
         raise InvalidTask(f"delay needs a number of seconds, got {timedelay!r} "
@@ -195,6 +218,7 @@ def _dump(callback: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str,
                               "it has no importable name to store; use a module-level function "
                               "or a method of a picklable object")
         target, what, spec = callback, f"the callback {_short(callback)}", ("call", callback)
+    _refuse_main(what, target)
     parts: list[tuple[str, Any]] = [(what, target)]
     parts += [(f"argument {i + 1} ({_short(a)})", a) for i, a in enumerate(args)]
     parts += [(f"keyword argument {k}={_short(v)}", v) for k, v in kwargs.items()]
@@ -204,7 +228,58 @@ def _dump(callback: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str,
         except Exception as e:
             raise InvalidTask(f"{label} cannot be stored for a persistent delay: "
                               f"{type(e).__name__}: {e}") from e
-    return pickling.dumps_by_name((spec, args, kwargs))
+    payload = pickling.dumps_by_name((spec, args, kwargs))
+    if b"__main__" in payload and _names_main(payload):
+        raise InvalidTask("an argument of this persistent delay is (or holds) something "
+                          f"defined in __main__: {_MAIN_WHY}")
+    return payload
+
+
+_MAIN_WHY = ("it is stored by the name '__main__.<name>', and the next start, run from "
+             "another script, cannot load it; define it in a module you import (a "
+             "mygame/timers.py, say) and schedule it from there")
+
+
+def _refuse_main(what: str, target: Any) -> None:
+    """A callback (or the object owning it) from ``__main__`` would be stored by a lost name."""
+    owner = target if inspect.isroutine(target) or inspect.isclass(target) else type(target)
+    if getattr(owner, "__module__", None) == "__main__":
+        raise InvalidTask(f"a persistent callback cannot be defined in __main__ ({what}): "
+                          + _MAIN_WHY)
+
+
+def _names_main(payload: bytes) -> bool:
+    """True when the pickle refers to a global of ``__main__`` (rare: only then is it parsed)."""
+    strings: list[str] = []
+    for op, arg, _ in pickletools.genops(payload):
+        if op.name == "GLOBAL" and str(arg).startswith("__main__ "):
+            return True
+        if op.name == "STACK_GLOBAL" and len(strings) >= 2 and strings[-2] == "__main__":
+            return True
+        if isinstance(arg, str):
+            strings.append(arg)
+    return False
+
+
+def _load_rows(rows: list[Any], database: str) -> tuple[list[tuple[Any, tuple]], dict[int, str]]:
+    """
+    The stored rows (``StoredTask``) in due order, each with its loaded call, and
+    the ones that cannot be loaded, by id, with the reason. Those are kept in
+    storage (a module back in place loads them at the next start) and logged
+    here once each; ``procpool tasks`` shows and removes them.
+    """
+    loaded: list[tuple[Any, tuple]] = []
+    unloadable: dict[int, str] = {}
+    for row in sorted(rows, key=lambda r: (r.due, r.task_id)):
+        try:
+            loaded.append((row, _load(row.payload)))
+        except Exception as e:
+            unloadable[row.task_id] = reason = f"{type(e).__name__}: {e}"
+            log.failure("stored task {task_id} in {database} cannot be loaded ({reason}); it "
+                        "is kept, not run: `procpool tasks show {task_id}` shows it, `procpool "
+                        "tasks remove {task_id}` deletes it", task_id=row.task_id,
+                        database=database, reason=reason)
+    return loaded, unloadable
 
 
 def _load(payload: bytes) -> tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any]]:

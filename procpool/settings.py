@@ -124,6 +124,14 @@ def _str(optional: bool = False) -> Callable[[str, Any], Any]:
     return check
 
 
+def _database(name: str, value: Any) -> str:
+    """A PROCPOOL_DATABASE value: one of the forms procpool/storage/spec.py accepts."""
+    value = _str()(name, value)
+    from procpool.storage.spec import parse_database
+    parse_database(value)
+    return value
+
+
 def _id(name: str, value: Any) -> int | None:
     """A uid or gid: a number, or a user/group name resolved on this machine."""
     if value is None or value == "":
@@ -226,8 +234,9 @@ SETTINGS: dict[str, Setting] = {s.name: s for s in [
             "or as 512M/2G; a task past it fails with MemoryLimitExceeded and its worker is "
             "replaced. Default: half the machine's memory; none or 0: no limit."),
     # Persistent tasks and the workers' database.
-    Setting("PROCPOOL_DATABASE", "procpool.sqlite3", _str(),
-            "Where persistent delays live: a SQLite file path, or a postgresql:// DSN."),
+    Setting("PROCPOOL_DATABASE", "procpool.sqlite3", _database,
+            "Where persistent delays live: a SQLite file path or sqlite:///path, a "
+            "postgresql:// DSN or a libpq key=value string; anything else is refused."),
     Setting("PROCPOOL_STALE_TIMEOUT", 60.0, _float(0.0),
             "Seconds after its due time a cancelled task is forgotten; 0 never cleans."),
     # The sandbox for untrusted source.

@@ -34,14 +34,29 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from twisted.internet.defer import CancelledError, Deferred, succeed
+from twisted.internet.defer import Deferred, fail, succeed
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from procpool import settings
-from procpool._task_record import TaskHandle, _check_delay, _dump, _load, _short, _Task
+from procpool._task_record import (
+    TaskHandle,
+    _check_delay,
+    _dump,
+    _ended_badly,
+    _fire_overdue,
+    _load_rows,
+    _short,
+    _Task,
+)
 from procpool._task_writer import Writer
-from procpool.errors import HandlerNotStarted, InvalidTask, StorageUnavailable, TaskNotStored
+from procpool.errors import (
+    HandlerNotStarted,
+    InvalidTask,
+    SettingError,
+    StorageUnavailable,
+    TaskNotStored,
+)
 from procpool.storage import Storage, StoredTask, open_storage
 
 __all__ = ["delay", "TaskHandle", "TaskHandler", "get_handler", "set_handler",
@@ -75,6 +90,8 @@ class TaskHandler:
         self.stale_timeout = _check_delay(stale_timeout)
         self.tasks: dict[int, _Task] = {}
         self.storage: Storage | None = None
+        #: stored tasks whose call cannot be loaded (id: reason): kept in storage, never run
+        self.unloadable: dict[int, str] = {}
         self._next_id = 1
         self._writer: Writer | None = None
         self._loaded = False
@@ -96,7 +113,9 @@ class TaskHandler:
         """
         Open the storage and load stored tasks: ``yield handler.start()``.
 
-        Fails with :class:`StorageUnavailable` (naming the database, never its
+        Fails with :class:`SettingError` when ``PROCPOOL_DATABASE`` (or
+        ``storage``) names no database procpool can use, and with
+        :class:`StorageUnavailable` (naming the database, never its
         password) when the database cannot be opened; the handler then stays
         usable for non-persistent tasks and ``start()`` may be tried again.
         """
@@ -104,11 +123,16 @@ class TaskHandler:
         if self._loaded:
             waiter.callback(None)
             return waiter
+        if self._writer is None:
+            try:
+                storage = self._open_storage()
+            except SettingError:    # PROCPOOL_DATABASE names no database: say so, open nothing
+                return fail()
         self._start_waiters.append(waiter)
         if self._writer is not None:
             return waiter           # already opening: this call waits for the same load
         attempt = self._start_waiters
-        writer = self._writer = Writer(self._open_storage(), lambda: self._next_id, self.clock)
+        writer = self._writer = Writer(storage, lambda: self._next_id, self.clock)
         loading = self._after_closing().addCallback(lambda _: writer.open_and_load())
         loading.addCallbacks(self._on_loaded, self._load_failed,
                              callbackArgs=(writer,), errbackArgs=(writer,))
@@ -199,14 +223,8 @@ class TaskHandler:
         assert writer is not None
         self._next_id = max(self._next_id, next_id)
         built: list[_Task] = []
-        for row in sorted(stored, key=lambda r: (r.due, r.task_id)):
-            try:
-                callback, args, kwargs = _load(row.payload)
-            except Exception:
-                log.failure("dropping stored task {task_id}: its callback or arguments can no "
-                            "longer be loaded", task_id=row.task_id)
-                writer.delete(row.task_id)
-                continue
+        loaded, self.unloadable = _load_rows(stored, writer.storage.name)
+        for row, (callback, args, kwargs) in loaded:
             task_id = row.task_id
             if task_id in self.tasks:
                 # Only a task added before start() can hold this id, and no handle
@@ -223,7 +241,7 @@ class TaskHandler:
         # overdue one. Once one task has a timer, every later-due task gets a
         # timer too (armed later, so it cannot run ahead of the earlier one).
         overdue: list[_Task] = []
-        self.clock.callLater(0, self._fire_overdue, overdue)
+        self.clock.callLater(0, _fire_overdue, overdue)
         timers = False
         for task in built:
             remaining = task.due - self.clock.seconds()
@@ -234,14 +252,6 @@ class TaskHandler:
                 timers = True
                 self._arm(task, max(remaining, 0.0))
         self._loaded = True
-
-    @staticmethod
-    def _fire_overdue(tasks: list[_Task]) -> None:
-        # One call for all of them: the reactor does not promise an order among
-        # calls due at the same moment, and overdue tasks run in due order.
-        for task in tasks:
-            if not task.deferred.called:
-                task.deferred.callback(None)
 
     # -- adding and running ----------------------------------------------
 
@@ -302,7 +312,7 @@ class TaskHandler:
         if seconds is not None:
             task.timer = self.clock.callLater(seconds, self._due, task)
         task.deferred.addCallback(self._run, task)
-        task.deferred.addErrback(self._ended_badly, task)
+        task.deferred.addErrback(_ended_badly, task)
 
     @staticmethod
     def _due(task: _Task) -> None:
@@ -329,15 +339,6 @@ class TaskHandler:
             return result.addErrback(failed).addBoth(finished)
         self._finish(task)
         return result
-
-    @staticmethod
-    def _ended_badly(failure: Failure, task: _Task) -> Failure | None:
-        if failure.check(CancelledError):
-            return None
-        # TaskNotStored, already logged: the errbacks of whoever asked for the
-        # Deferred should see it; if nobody did, passing it on would only log it
-        # a second time as "Unhandled error in Deferred".
-        return failure if task.watched else None
 
     def _finish(self, task: _Task) -> None:
         """Forget a task that ran; delete its row only now that the callback returned."""
