@@ -25,6 +25,8 @@ when first used.
 from __future__ import annotations
 
 import importlib
+import os
+import sys
 from typing import Any
 
 from procpool.errors import (
@@ -51,6 +53,47 @@ from procpool.errors import (
     WorkerStartError,
 )
 from procpool.settings import configure
+
+
+def _claim_own_packages() -> None:
+    """
+    Make the top-level ``workers`` and ``sandbox`` procpool's own packages (the
+    ones beside ``procpool/``) in this process, whatever a game has on its path
+    or in its working directory: docs/design.md, "A game's own workers or sandbox".
+
+    A game module of either name imported before procpool is dropped from
+    ``sys.modules`` (the references the game took keep working) with a warning.
+    """
+    import importlib.machinery
+    import importlib.util
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    for name in ("workers", "sandbox"):
+        home = os.path.join(root, name, "__init__.py")
+        module = sys.modules.get(name)
+        if module is not None:
+            found = getattr(module, "__file__", None)
+            if found == home or (found and os.path.realpath(found) == os.path.realpath(home)):
+                continue
+            import warnings
+            warnings.warn(f"procpool: the top-level name {name!r} is procpool's own package "
+                          f"({home}); the module {module!r} imported before procpool no longer "
+                          f"answers to it: move it into a package of the game",
+                          RuntimeWarning, stacklevel=3)
+            for loaded in [n for n in sys.modules if n == name or n.startswith(name + ".")]:
+                del sys.modules[loaded]
+        spec = importlib.machinery.PathFinder.find_spec(name, [root])
+        if spec is None or spec.loader is None:
+            raise ImportError(f"procpool's own package {name!r} is missing beside {root}")
+        module = sys.modules[name] = importlib.util.module_from_spec(spec)
+        try:
+            spec.loader.exec_module(module)
+        except BaseException:
+            del sys.modules[name]
+            raise
+
+
+_claim_own_packages()
 
 __version__ = "0.1.0"
 

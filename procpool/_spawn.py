@@ -1,12 +1,18 @@
 """
 Starting worker processes: the command, the environment, and malloc.
 
-A worker is ``python -m workers`` with the task pipe on fd 3 and the answer
+A worker is ``python -P -m workers`` with the task pipe on fd 3 and the answer
 pipe on fd 4, started through ampoule's ``ProcessStarter`` with an injected
 reactor. It inherits the host's environment and import path (ampoule
 replaced the environment and rewrote PYTHONPATH: ampoule defect 4 in
 docs/design.md), plus every setting given to ``procpool.configure()``, the
 pool's payload cap, its spin time and its memory limit, each written once here.
+
+``-P`` and the directory holding procpool's own ``workers`` package first on
+PYTHONPATH make ``-m workers`` find that package, never a game's ``workers``
+in the working directory or on the host's path; the worker then puts its
+working directory back in that first place (workers/__main__.py, and
+docs/design.md, "A game's own workers or sandbox").
 """
 
 from __future__ import annotations
@@ -23,6 +29,8 @@ _MMAP_THRESHOLD = 32 * 1024 * 1024
 _TRIM_THRESHOLD = 64 * 1024 * 1024
 #: What a worker's descriptors are: fd 3 carries tasks to it, fd 4 answers back.
 CHILD_FDS = {0: "w", 1: "r", 2: "r", 3: "w", 4: "r"}
+#: The directory holding procpool's own ``procpool``, ``workers`` and ``sandbox``.
+_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _starter_class() -> type:
@@ -31,11 +39,11 @@ def _starter_class() -> type:
     from ampoule.main import ProcessStarter
 
     class WorkerStarter(ProcessStarter):
-        """ampoule's starter, spawning ``python -m workers`` with the given environment."""
+        """ampoule's starter, spawning ``python -P -m workers`` with the given environment."""
 
         def startPythonProcess(self, prot: Any, *args: Any) -> Any:  # noqa: N802 - ampoule's name
             return self.reactor.spawnProcess(
-                prot, sys.executable, (sys.executable, "-m", "workers", *self.args, *args),
+                prot, sys.executable, (sys.executable, "-P", "-m", "workers", *self.args, *args),
                 env=self.env, path=self.path, usePTY=False, childFDs=CHILD_FDS)
 
     return WorkerStarter
@@ -47,7 +55,8 @@ def _environment(max_payload: int, uid: int | None, gid: int | None) -> dict[str
     path = [os.path.abspath(p) if p else os.getcwd() for p in sys.path]
     if env.get("PYTHONPATH"):
         path.append(env["PYTHONPATH"])
-    env["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(path))
+    # First, kept even if also further on: the worker takes this first entry out.
+    env["PYTHONPATH"] = os.pathsep.join([_ROOT, *dict.fromkeys(path)])
     for name, value in settings.snapshot().items():
         if name in settings._given:
             env[name] = "" if value is None else str(value)
