@@ -21,9 +21,13 @@ import os
 import sys
 from typing import Any
 
+from twisted.logger import Logger
+
 from procpool import settings
 
 __all__ = ["make_starter", "tune_malloc"]
+
+log = Logger()
 
 _MMAP_THRESHOLD = 32 * 1024 * 1024
 _TRIM_THRESHOLD = 64 * 1024 * 1024
@@ -84,9 +88,30 @@ def make_starter(reactor: Any, *, max_payload: int, uid: int | None, gid: int | 
     A starter whose ``startPythonProcess(protocol)`` spawns one worker;
     the environment is fixed now, when the pool starts.
     """
-    starter = _starter_class()(env=_environment(max_payload, uid, gid), path=directory)
+    env = _environment(max_payload, uid, gid)
+    _warn_of_hidden_modules([directory or os.getcwd(), *env["PYTHONPATH"].split(os.pathsep)])
+    starter = _starter_class()(env=env, path=directory)
     starter.reactor = reactor
     return starter
+
+
+def _warn_of_hidden_modules(path: list[str]) -> None:
+    """
+    Log, once per pool start, each module or package a game has under the names
+    ``workers`` and ``sandbox``: procpool's own packages take those names, so
+    ``import workers`` would not give the game its own (docs/design.md, "A
+    game's own workers or sandbox"). A few stat calls per path entry.
+    """
+    for entry in dict.fromkeys(path):
+        if not entry or os.path.abspath(entry) == _ROOT:
+            continue
+        for name in ("workers", "sandbox"):
+            for found in (os.path.join(entry, name + ".py"),
+                          os.path.join(entry, name, "__init__.py")):
+                if os.path.isfile(found):
+                    log.warn("procpool: {found} is hidden: the top-level name {name!r} is "
+                             "procpool's own package in the host and its workers; move it "
+                             "into a package of the game or rename it", found=found, name=name)
 
 
 def tune_malloc() -> bool:

@@ -34,6 +34,12 @@ def double(x):
     return 2 * x
 
 
+def where():
+    """This process's first path entry, working directory and PYTHONPATH."""
+    import os
+    return sys.path[0], os.getcwd(), os.environ.get("PYTHONPATH", "")
+
+
 def imported():
     """Where this process's workers, workers.wire and sandbox came from."""
     import workers.wire  # noqa: F401
@@ -48,6 +54,9 @@ import sys
 
 {first}
 from twisted.internet import defer, reactor
+from twisted.logger import globalLogBeginner, textFileLogObserver
+
+globalLogBeginner.beginLoggingTo([textFileLogObserver(sys.stderr)], redirectStandardIO=False)
 
 import procpool
 import game_tasks
@@ -59,6 +68,7 @@ def main():
     try:
         out["double"] = yield procpool.run_async(game_tasks.double, 21)
         out["worker"] = yield procpool.run_async(game_tasks.imported)
+        out["where"] = yield procpool.run_async(game_tasks.where)
         out["sandbox"] = yield procpool.limited_exec("_return(1 + 2)")
         import sandbox.host  # noqa: F401
         out["host"] = game_tasks.imported()
@@ -112,7 +122,9 @@ def _run(script: str, cwd: str, **env: str) -> dict:
                           text=True, timeout=120)
     lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
     assert lines, f"exit {done.returncode}\n{done.stdout}\n{done.stderr}"
-    return json.loads(lines[-1][len("RESULT "):])
+    out = json.loads(lines[-1][len("RESULT "):])
+    out["stderr"] = done.stderr
+    return out
 
 
 def _ours(found: dict) -> None:
@@ -122,6 +134,18 @@ def _ours(found: dict) -> None:
         assert found["sandbox"] == os.path.join(ROOT, "sandbox", "__init__.py")
 
 
+def _hidden(out: dict, directory: str, workers_as: str) -> None:
+    """The host warned of each game module it hides."""
+    shown = {"module": "workers.py", "package": os.path.join("workers", "__init__.py")}
+    for name in ([shown[workers_as]] if workers_as in shown else []) + ["sandbox"]:
+        found = os.path.join(directory, name)
+        if name == "sandbox":
+            found = os.path.join(found, "__init__.py")
+        assert f"procpool: {found} is hidden" in out["stderr"], out["stderr"]
+    if workers_as == "none":
+        assert "workers.py is hidden" not in out["stderr"]
+
+
 def _check(out: dict, log_dir: str) -> None:
     assert "error" not in out, out["error"]
     assert out["double"] == 42
@@ -129,6 +153,9 @@ def _check(out: dict, log_dir: str) -> None:
     _ours(out["worker"])
     _ours(out["host"])
     assert out["host"]["sandbox"] is not None
+    first, cwd, pythonpath = out["where"]
+    assert first == cwd  # the worker's working directory comes first, as with -m
+    assert ROOT not in pythonpath.split(os.pathsep)  # what its tasks start inherits the host's
     log = os.path.join(log_dir, "imported.log")
     assert not os.path.exists(log), open(log).read()
 
@@ -145,6 +172,7 @@ def test_a_game_beside_its_own_workers_and_sandbox_runs_tasks_and_the_sandbox(pl
     _shadows(game, place, workers_as)
     out = _run(_script(game), cwd=game)
     _check(out, place)
+    _hidden(out, game, workers_as)
 
 
 @pytest.mark.parametrize("workers_as", ["module", "package"])
@@ -153,6 +181,7 @@ def test_a_workers_module_in_the_working_directory_is_not_what_workers_run(place
     _shadows(cwd, place, workers_as)
     out = _run(_script(game), cwd=cwd)
     _check(out, place)
+    _hidden(out, cwd, workers_as)
 
 
 @pytest.mark.parametrize("workers_as", ["module", "package"])
@@ -162,6 +191,7 @@ def test_a_workers_module_in_procpool_directory_is_not_what_workers_run(place, w
     os.makedirs(os.path.join(place, "cwd"))
     out = _run(_script(game), cwd=os.path.join(place, "cwd"), PROCPOOL_DIRECTORY=directory)
     _check(out, place)
+    _hidden(out, directory, workers_as)
 
 
 def test_a_game_that_imports_its_own_workers_first_keeps_it_and_procpool_still_works(place):
@@ -176,6 +206,7 @@ def test_a_game_that_imports_its_own_workers_first_keeps_it_and_procpool_still_w
     _ours(out["worker"])
     _ours(out["host"])
     assert out["mine"] == "game"  # the module it took keeps working
+    assert "RuntimeWarning: procpool: the top-level name 'workers'" in out["stderr"]
     assert out["now"] == os.path.join(ROOT, "workers", "__init__.py")  # the name is procpool's
     with open(os.path.join(place, "imported.log")) as f:
         assert f.read().splitlines() == [f"workers {os.path.join(game, 'workers.py')}"]
