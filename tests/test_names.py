@@ -210,3 +210,12 @@ def test_a_game_that_imports_its_own_workers_first_keeps_it_and_procpool_still_w
     assert out["now"] == os.path.join(ROOT, "workers", "__init__.py")  # the name is procpool's
     with open(os.path.join(place, "imported.log")) as f:
         assert f.read().splitlines() == [f"workers {os.path.join(game, 'workers.py')}"]
+
+
+def test_a_workers_package_elsewhere_on_the_path_is_not_what_procpool_imports(place):
+    # Like the unrelated ``workers`` on PyPI, installed where the game's path finds it first.
+    game, site = os.path.join(place, "game"), os.path.join(place, "site")
+    _shadows(site, place, "package")
+    out = _run(_script(game), cwd=game, PYTHONPATH=site)
+    _check(out, place)
+    _hidden(out, site, "package")
