@@ -9,10 +9,10 @@ docs/persistence.md for what can be stored.
 from __future__ import annotations
 
 import inspect
+import io
 import math
 import numbers
 import pickle
-import pickletools
 from collections.abc import Callable
 from typing import Any
 
@@ -224,15 +224,18 @@ def _dump(callback: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str,
     parts += [(f"keyword argument {k}={_short(v)}", v) for k, v in kwargs.items()]
     for label, value in parts:
         try:
-            pickle.loads(pickling.dumps_by_name(value))
+            data = pickling.dumps_by_name(value)
+            if b"__main__" in data:     # rare: only then is the pickle read for its names
+                _MainFinder(io.BytesIO(data)).load()
+            else:
+                pickle.loads(data)
+        except _FromMain as e:
+            raise InvalidTask(f"{label} is (or holds) {e}, defined in __main__: "
+                              + _MAIN_WHY) from None
         except Exception as e:
             raise InvalidTask(f"{label} cannot be stored for a persistent delay: "
                               f"{type(e).__name__}: {e}") from e
-    payload = pickling.dumps_by_name((spec, args, kwargs))
-    if b"__main__" in payload and _names_main(payload):
-        raise InvalidTask("an argument of this persistent delay is (or holds) something "
-                          f"defined in __main__: {_MAIN_WHY}")
-    return payload
+    return pickling.dumps_by_name((spec, args, kwargs))
 
 
 _MAIN_WHY = ("it is stored by the name '__main__.<name>', and the next start, run from "
@@ -248,17 +251,17 @@ def _refuse_main(what: str, target: Any) -> None:
                           + _MAIN_WHY)
 
 
-def _names_main(payload: bytes) -> bool:
-    """True when the pickle refers to a global of ``__main__`` (rare: only then is it parsed)."""
-    strings: list[str] = []
-    for op, arg, _ in pickletools.genops(payload):
-        if op.name == "GLOBAL" and str(arg).startswith("__main__ "):
-            return True
-        if op.name == "STACK_GLOBAL" and len(strings) >= 2 and strings[-2] == "__main__":
-            return True
-        if isinstance(arg, str):
-            strings.append(arg)
-    return False
+class _FromMain(Exception):
+    """A pickle names a global of ``__main__``; the message is its name."""
+
+
+class _MainFinder(pickle.Unpickler):
+    """Loads a pickle as ``pickle.loads`` does, but stops at any global of ``__main__``."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        if module == "__main__":
+            raise _FromMain(f"__main__.{name}")
+        return super().find_class(module, name)
 
 
 def _load_rows(rows: list[Any], database: str) -> tuple[list[tuple[Any, tuple]], dict[int, str]]:
