@@ -54,8 +54,7 @@ def _describe(row: StoredTask, now: float) -> dict[str, Any]:
         return info
     owner = getattr(callback, "__self__", None)
     name = f"{getattr(callback, '__module__', '?')}.{getattr(callback, '__qualname__', callback)}"
-    if owner is not None and not isinstance(owner, type(sys)):
-        name = f"{name} of {_short(owner)}"
+    info["object"] = None if owner is None or isinstance(owner, type(sys)) else _short(owner)
     left = row.due - now
     state = f"due in {_span(left)}" if left > 0 else f"overdue by {_span(-left)} (runs at start)"
     info.update(callback=name, args=args, kwargs=kwargs, state=state)
@@ -99,6 +98,8 @@ def _show(store: Storage, row: StoredTask, out: TextIO) -> int:
               f"  due:       {_when(row.due)}\n"
               f"  callback:  {info['callback']}\n")
     if info["args"] is not None:
+        if info["object"] is not None:
+            out.write(f"  of object: {info['object']}\n")
         out.write(f"  args:      {info['args']!r}\n  kwargs:    {info['kwargs']!r}\n")
     out.write(f"  state:     {info['state']}\n  stored:    {info['bytes']} bytes\n")
     return 0
