@@ -18,6 +18,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import signal
 import tempfile
 import textwrap
 import time
@@ -199,7 +200,10 @@ def test_reload_with_a_task_running_comes_back_with_a_pool_and_fires_a_stored_de
               "run_async(burn, 60, at_return=self.msg)")
     conn.read_until(r"run_async\(burn", timeout=30)
     time.sleep(0.5)
-    out, seconds = g.reload(conn, timeout=90)
+    try:
+        out, seconds = g.reload(conn, timeout=90)
+    except TimeoutError as e:
+        raise AssertionError(f"{e}\n--- server.log ---\n{g.server_log()[-4000:]}") from None
     assert "Server restarted" in out
     _py(conn, 'from procpool import run_async; run_async("_return(5*5)", at_return=self.msg)')
     seen = conn.read_until(r"(?m)^25\s*$", timeout=60)
@@ -209,6 +213,34 @@ def test_reload_with_a_task_running_comes_back_with_a_pool_and_fires_a_stored_de
     seen += conn.read_for(8)  # long enough for a second firing to show
     assert (out + seen).count(token) == 1, out + seen
     assert "Traceback" not in g.server_log().split("Server successfully reloaded")[-1]
+
+
+def test_a_stored_delay_fires_once_after_the_server_is_sigkilled(game):
+    g, conn = game
+    token = f"killed-{os.getpid()}"
+    _py(conn, f"from procpool import delay; delay(5, self.msg, '{token}', persistent=True)")
+    conn.read_until(r"persistent=True\)", timeout=30)
+    time.sleep(1.0)  # the delay's row is written within a few ms
+    server = g.pidfile("server")
+    workers = g.worker_pids()
+    assert server and workers
+    os.kill(server, signal.SIGKILL)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and (_alive(server) or any(map(_alive, workers))):
+        time.sleep(0.2)
+    assert not _alive(server) and not any(map(_alive, workers)), "the workers died with it"
+    g.run("start", timeout=120)  # the Portal kept the session; a new Server takes it back
+    seen = conn.read_until(re.escape(token), timeout=90)
+    seen += conn.read_for(8)
+    assert seen.count(token) == 1, seen
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(") ")[-1][:1] != "Z"
+    except OSError:
+        return False
 
 
 def test_shutdown_with_a_task_running_leaves_no_process(game):

@@ -33,6 +33,7 @@ class ProcPoolService(Service):
         self.server = server
         self.started: defer.Deferred[Any] = defer.Deferred()
         self.loaded: defer.Deferred[Any] = defer.Deferred()
+        self._stopping: defer.Deferred[Any] | None = None
 
     def startService(self) -> None:  # noqa: N802 - Twisted's name
         """Configure from the game's settings, install the glue, start the workers."""
@@ -47,6 +48,7 @@ class ProcPoolService(Service):
         if getattr(django_settings, "PROCPOOL_REPLACE_EVENNIA", False):
             _switch.install()
         self._after_portal_sync()
+        self._at_server_stop()
         if not settings.get("PROCPOOL_ENABLED"):
             self.started.callback(None)
             return
@@ -72,6 +74,21 @@ class ProcPoolService(Service):
 
         self.server.at_post_portal_sync = at_post_portal_sync
 
+    def _at_server_stop(self) -> None:
+        # Evennia's Server calls at_server_stop last of its shutdown hooks (for
+        # a reload too), then stops its reactor 1 s later; the Portal starts
+        # the new Server as soon as the old one's AMP link drops, and the new
+        # one exits if the old is still alive. So the workers' stop (and its
+        # grace) starts here, a second before the services stop, not there.
+        original = self.server.at_server_stop
+
+        def at_server_stop(*args: Any, **kwargs: Any) -> Any:
+            result = original(*args, **kwargs)
+            self._stop()
+            return result
+
+        self.server.at_server_stop = at_server_stop
+
     def load_tasks(self) -> defer.Deferred[Any]:
         """Load (and fire the overdue of) the persistent delays."""
         loading = tasks.get_handler().start()
@@ -84,4 +101,12 @@ class ProcPoolService(Service):
         super().stopService()
         if _switch.installed():
             _switch.uninstall()
-        return api.stop()
+        return self._stop()
+
+    def _stop(self) -> defer.Deferred[Any]:
+        if self._stopping is None:
+            self._stopping = api.stop()
+            self._stopping.addErrback(lambda f: log.failure("procpool did not stop cleanly", f))
+        done: defer.Deferred[Any] = defer.Deferred()
+        self._stopping.addBoth(lambda result: (done.callback(None), result)[1])
+        return done
