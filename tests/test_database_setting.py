@@ -8,7 +8,9 @@ creating a file for what it refused.
 from __future__ import annotations
 
 import os
+import shutil
 import sqlite3
+import tempfile
 
 import pytest
 from twisted.internet.defer import inlineCallbacks
@@ -84,8 +86,8 @@ class HandlerOpensTheSetting(TestCase):
     def setUp(self):
         settings.reset()
         self.addCleanup(settings.reset)
-        path = self.mktemp()
-        os.makedirs(path)
+        path = tempfile.mkdtemp(prefix="procpool-test-")  # not trial's mktemp: the work tree
+        self.addCleanup(shutil.rmtree, path, True)
         self.addCleanup(os.chdir, os.getcwd())
         os.chdir(path)
 
