@@ -19,6 +19,10 @@ def _settle_path() -> None:
         return  # run by hand: as Python set it up
     sys.path[0] = os.getcwd()
     first, _, rest = os.environ.get("PYTHONPATH", "").partition(os.pathsep)
+    if root in rest.split(os.pathsep):
+        # The host's own path held this directory too (site dropped the
+        # duplicate at start-up): keep it, after the working directory.
+        sys.path.insert(1, root)
     if first == root:
         if rest:
             os.environ["PYTHONPATH"] = rest
