@@ -11,6 +11,7 @@ caller gets the same :class:`~procpool.results.AsyncResult`.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -236,10 +237,18 @@ def start() -> defer.Deferred:
     """
     global _stopped
     _stopped = False
+    _start_watchdog()
     waits = [tasks.get_handler().start()]
     if settings.get("PROCPOOL_ENABLED"):
         waits.insert(0, get_pool().start())
     return _gather(waits)
+
+
+def _start_watchdog() -> None:
+    threshold = settings.get("PROCPOOL_WATCHDOG")
+    if threshold is not None:
+        from procpool import watchdog
+        watchdog.start_watchdog(threshold)
 
 
 def stop(grace: float | None = None) -> defer.Deferred:
@@ -261,6 +270,8 @@ def stop(grace: float | None = None) -> defer.Deferred:
     elif isinstance(grace, bool) or not isinstance(grace, (int, float)) or not grace >= 0:
         raise SettingError(f"stop()'s grace must be zero or more seconds, got {grace!r}")
     _stopped = True
+    if "procpool.watchdog" in sys.modules:
+        sys.modules["procpool.watchdog"].stop_watchdog()
     waits = [] if _pool is None else [_pool.stop(grace)]
     waits += _services.stop_registered()
     waits.append(defer.maybeDeferred(tasks.get_handler().stop))

@@ -218,6 +218,9 @@ SETTINGS: dict[str, Setting] = {s.name: s for s in [
     Setting("PROCPOOL_WORKER_INIT", None, _str(optional=True),
             "A function each worker calls once before its first task, as 'module:function' "
             "(procpool.evennia sets it to set the game's Django up)."),
+    Setting("PROCPOOL_WATCHDOG", None, _timeout,
+            "Seconds the reactor thread may go without a turn before the watchdog logs "
+            "the stall with the blocking call's stack (none or 0: off)."),
     Setting("PROCPOOL_STOP_GRACE", 10.0, _float(0.0),
             "Seconds running tasks get to finish when the pool stops, before their "
             "workers are killed (0: kill at once)."),

@@ -47,6 +47,7 @@ class ProcPoolService(Service):
         _input.install()
         if getattr(django_settings, "PROCPOOL_REPLACE_EVENNIA", False):
             _switch.install()
+        api._start_watchdog()
         self._after_portal_sync()
         self._at_server_stop()
         if not settings.get("PROCPOOL_ENABLED"):

@@ -1,0 +1,145 @@
+"""
+A reactor watchdog that names the call that froze the server.
+
+When the reactor thread has not turned for ``threshold`` seconds, a watchdog
+thread takes that thread's stack at that moment (``sys._current_frames``).
+When the reactor turns again, the stall is logged once, through
+``twisted.logger`` from the reactor thread, with how long it lasted and the
+frames where it was stuck, the innermost of them outside Twisted named
+first::
+
+    procpool.configure(PROCPOOL_WATCHDOG=0.25)   # procpool.start() starts it
+    # ... a callback that runs time.sleep(1) in the reactor thread logs:
+    # reactor blocked for 1.00 s in slow_callback (game/commands.py:12); stack: ...
+
+The reactor side is a ``LoopingCall`` on the injected clock that stamps a
+heartbeat every quarter of the threshold; the thread only reads it. Off by
+default.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import threading
+import time
+import traceback
+from typing import Any
+
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
+
+__all__ = ["Watchdog", "start_watchdog", "stop_watchdog"]
+
+log = Logger()
+
+_TWISTED = os.sep + "twisted" + os.sep
+_HERE = os.path.abspath(__file__)
+
+
+def _stack_outside_twisted(frame: Any, depth: int = 12) -> list[traceback.FrameSummary]:
+    """The frames of ``frame``'s stack, innermost last, without Twisted's or this module's."""
+    frames = traceback.extract_stack(frame)
+    ours = [f for f in frames
+            if _TWISTED not in f.filename and os.path.abspath(f.filename) != _HERE]
+    return ours[-depth:]
+
+
+class Watchdog:
+    """
+    Notices a reactor thread that has not turned for ``threshold`` seconds.
+
+    @ivar threshold: seconds without a turn that count as a stall.
+    @ivar stalls: how many stalls were logged.
+    @ivar last_stall: (seconds, frames) of the last stall logged, or None.
+    """
+
+    def __init__(self, threshold: float, reactor: Any = None) -> None:
+        if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) \
+                or not threshold > 0:
+            raise ValueError(f"the watchdog's threshold must be seconds above 0, got {threshold!r}")
+        if reactor is None:
+            from twisted.internet import reactor as default_reactor
+            reactor = default_reactor
+        self.reactor = reactor
+        self.threshold = float(threshold)
+        self.stalls = 0
+        self.last_stall: tuple[float, list[traceback.FrameSummary]] | None = None
+        self._beat = time.monotonic()
+        self._caught: tuple[float, list[traceback.FrameSummary]] | None = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._loop = LoopingCall(self._heartbeat)
+        self._loop.clock = reactor
+        self._reactor_thread = 0
+
+    def start(self) -> None:
+        """Start watching; call it from the reactor thread."""
+        if self._thread is not None:
+            return
+        self._reactor_thread = threading.get_ident()
+        self._beat = time.monotonic()
+        self._loop.start(self.threshold / 4, now=True)
+        self._thread = threading.Thread(target=self._watch, name="procpool-watchdog",
+                                        daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop watching (the thread ends within a quarter of the threshold)."""
+        self._stop.set()
+        if self._loop.running:
+            self._loop.stop()
+        self._thread = None
+
+    def _heartbeat(self) -> None:
+        now = time.monotonic()
+        caught, self._caught = self._caught, None
+        self._beat = now
+        if caught is not None:
+            began, frames = caught
+            self._report(now - began, frames)
+
+    def _watch(self) -> None:
+        period = self.threshold / 4
+        while not self._stop.wait(period):
+            beat = self._beat
+            if self._caught is None and time.monotonic() - beat > self.threshold:
+                frame = sys._current_frames().get(self._reactor_thread)
+                if frame is not None:
+                    self._caught = (beat, _stack_outside_twisted(frame))
+
+    def _report(self, seconds: float, frames: list[traceback.FrameSummary]) -> None:
+        self.stalls += 1
+        self.last_stall = (seconds, frames)
+        where = "a call in Twisted itself"
+        if frames:
+            top = frames[-1]
+            where = f"{top.name} ({top.filename}:{top.lineno})"
+        stack = "".join(traceback.format_list(frames)).rstrip()
+        log.warn("reactor blocked for {seconds:.2f} s in {where}; stack:\n{stack}",
+                 seconds=seconds, where=where, stack=stack)
+
+
+_running: Watchdog | None = None
+
+
+def start_watchdog(threshold: float, reactor: Any = None) -> Watchdog:
+    """
+    Start the process's watchdog (``procpool.start()`` does it when
+    ``PROCPOOL_WATCHDOG`` is set); from the reactor thread::
+
+        procpool.watchdog.start_watchdog(0.25)
+    """
+    global _running
+    if _running is None:
+        _running = Watchdog(threshold, reactor)
+        _running.start()
+    return _running
+
+
+def stop_watchdog() -> None:
+    """Stop the process's watchdog, if one runs (``procpool.stop()`` does it)."""
+    global _running
+    if _running is not None:
+        _running.stop()
+        _running = None
