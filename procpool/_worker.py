@@ -53,7 +53,7 @@ TASK_FD, ANSWER_FD = 3, 4
 _MAX_KEY = 255
 _LENGTH = struct.Struct(">H").pack
 #: The first key of every box a worker sends (workers/wire.py).
-_OPENING = frozenset([b"_answer", b"_error", b"_command"])
+_OPENING = frozenset([b"_answer", b"_error", b"_command", b"_progress"])
 
 
 class Task:
@@ -71,10 +71,12 @@ class Task:
     @ivar timer: the pending ``IDelayedCall`` of its time limit, or None.
     @ivar cancelled: its Deferred was cancelled while it waited, already read,
         behind another task on a worker (that worker is killed when it starts it).
+    @ivar on_progress: called with each value the task reports before its
+        answer (kinds ``b"C"`` and ``b"S"``), or None.
     """
 
     __slots__ = ("deferred", "kind", "payload", "timeout", "ask", "submitted", "sent", "timer",
-                 "cancelled")
+                 "cancelled", "on_progress")
 
     def __init__(self, kind: bytes, payload: bytes, timeout: float | None,
                  deferred: defer.Deferred | None = None) -> None:
@@ -87,6 +89,7 @@ class Task:
         self.sent = 0.0
         self.timer: Any = None
         self.cancelled = False
+        self.on_progress: Any = None
 
     def cancel_timer(self) -> None:
         """Disarm the time limit, if armed."""

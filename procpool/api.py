@@ -55,10 +55,11 @@ class _Options(NamedTuple):
     use_thread: bool
     proc_timeout: Any          # as given (None: not given); checked where it is used
     sandbox: bool
+    at_progress: Callable[[Any], Any] | None
 
 
 _RESERVED = frozenset(_Options._fields) | {"at_return_kwargs", "at_err_kwargs"}
-_NO_OPTIONS = _Options(None, {}, None, {}, False, None, False)
+_NO_OPTIONS = _Options(None, {}, None, {}, False, None, False, None)
 
 
 def _take_options(kwargs: dict[str, Any]) -> _Options:
@@ -73,6 +74,7 @@ def _take_options(kwargs: dict[str, Any]) -> _Options:
         use_thread=_flag("use_thread", kwargs.pop("use_thread", False)),
         proc_timeout=kwargs.pop("proc_timeout", None),
         sandbox=_flag("sandbox", kwargs.pop("sandbox", False)),
+        at_progress=_optional_callable("at_progress", kwargs.pop("at_progress", None)),
     )
 
 
@@ -117,7 +119,9 @@ def run_async(to_execute: Callable[..., Any] | str, *args: Any, **kwargs: Any) -
     Returns an :class:`~procpool.results.AsyncResult` (a Deferred) that
     fires, in the reactor thread, with the result. Reserved keyword
     arguments (never passed on): ``at_return(result, **at_return_kwargs)``,
-    ``at_err(failure, **at_err_kwargs)``, ``use_thread`` (run in the
+    ``at_err(failure, **at_err_kwargs)``, ``at_progress(value)`` (each
+    value the task reports before it ends: a source string's ``_return``, a
+    callable's ``workers.progress(value)``), ``use_thread`` (run in the
     reactor's thread pool instead), ``proc_timeout`` (seconds; kill the
     worker's process group past it) and ``sandbox`` (run an untrusted
     source string in the sandbox; there ``caller`` names the player whose
@@ -145,13 +149,18 @@ def _dispatch(to_execute: Any, args: tuple[Any, ...], kwargs: dict[str, Any],
               options: _Options, what: str) -> defer.Deferred:
     """Send the work where it runs; the reactor thread only."""
     if options.sandbox:
+        if options.at_progress is not None:
+            raise TypeError("at_progress is not available with sandbox=True (a sandboxed run "
+                            "answers once)")
         return _in_sandbox(to_execute, kwargs, options.proc_timeout)
     if options.use_thread or not settings.cached("PROCPOOL_ENABLED"):
-        return _in_thread(to_execute, args, kwargs, _timeout(options.proc_timeout))
+        return _in_thread(to_execute, args, kwargs, _timeout(options.proc_timeout),
+                          options.at_progress)
     if _stopped:
         return defer.fail(PoolStopped("procpool.stop() was called; call procpool.start() to "
                                       "run more work"))
-    return _in_pool(to_execute, args, kwargs, _timeout(options.proc_timeout), what)
+    return _in_pool(to_execute, args, kwargs, _timeout(options.proc_timeout), what,
+                    options.at_progress)
 
 
 def _from_another_thread(to_execute: Any, args: tuple[Any, ...], kwargs: dict[str, Any],
@@ -185,7 +194,7 @@ def _timeout(given: Any) -> float | None:
 
 
 def _in_pool(to_execute: Any, args: tuple[Any, ...], kwargs: dict[str, Any],
-             timeout: float | None, what: str) -> defer.Deferred:
+             timeout: float | None, what: str, on_progress: Any = None) -> defer.Deferred:
     if isinstance(to_execute, str):
         kind, payload = b"s", _codec.dumps((to_execute, kwargs),
                                            "the source string's keyword arguments")
@@ -194,7 +203,23 @@ def _in_pool(to_execute: Any, args: tuple[Any, ...], kwargs: dict[str, Any],
     # The pool fires the caller's AsyncResult itself: one Deferred per call;
     # cancelling it cancels the task (ProcessPool._cancel).
     pool = get_pool()
-    return pool._submit(kind, payload, timeout, AsyncResult(pool.canceller))
+    return pool._submit(kind, payload, timeout, AsyncResult(pool.canceller), on_progress)
+
+
+def _reporting_in_thread(to_execute: Any, args: tuple[Any, ...], kwargs: dict[str, Any],
+                         on_progress: Any) -> Any:
+    """Run in a pool thread; each progress value is handed to the reactor thread in order."""
+    from twisted.internet import reactor
+
+    from workers.reporting import reporting
+
+    def send(value: Any) -> None:
+        reactor.callFromThread(on_progress, value)
+
+    with reporting(send):
+        if isinstance(to_execute, str):
+            return run_source(to_execute, kwargs, on_return=send)
+        return to_execute(*args, **kwargs)
 
 
 def _in_sandbox(source: Any, kwargs: dict[str, Any], timeout: Any) -> defer.Deferred:
@@ -210,8 +235,11 @@ def _in_sandbox(source: Any, kwargs: dict[str, Any], timeout: Any) -> defer.Defe
 
 
 def _in_thread(to_execute: Any, args: tuple[Any, ...], kwargs: dict[str, Any],
-               timeout: float | None) -> defer.Deferred:
+               timeout: float | None, on_progress: Any = None) -> defer.Deferred:
     from twisted.internet import reactor, threads
+    if on_progress is not None:
+        to_execute, args, kwargs = _reporting_in_thread, (to_execute, args, kwargs,
+                                                          on_progress), {}
     if isinstance(to_execute, str):
         d = threads.deferToThreadPool(reactor, reactor.getThreadPool(),
                                       run_source, to_execute, kwargs)

@@ -248,7 +248,8 @@ class ProcessPool(TaskEndings):
         return self._submit(b"s", payload, settings.check_timeout(timeout, "timeout"))
 
     def _submit(self, kind: bytes, payload: bytes, timeout: float | None,
-                deferred: defer.Deferred | None = None) -> defer.Deferred:
+                deferred: defer.Deferred | None = None,
+                on_progress: Any = None) -> defer.Deferred:
         """
         Queue one serialised task (``kind`` and ``payload`` as in
         workers/wire.py; ``timeout`` already checked by
@@ -271,8 +272,9 @@ class ProcessPool(TaskEndings):
         if queue and (len(queue) >= self.max_queue
                       or self._queued_bytes + size > self.max_queued_bytes):
             return self._refuse(size, deferred)
-        task = Task(kind, payload, timeout,
+        task = Task(kind.upper() if on_progress is not None else kind, payload, timeout,
                     deferred if deferred is not None else defer.Deferred(self.canceller))
+        task.on_progress = on_progress
         # A non-empty queue means no worker can take more right now; the next
         # answer, start or death pumps it again.
         pump = not queue
@@ -302,6 +304,22 @@ class ProcessPool(TaskEndings):
 
     # -- answers (the hot path) --------------------------------------------
 
+    def _progress(self, inflight: deque[Task], box: dict[bytes, Any]) -> bool:
+        """A value the running task reported before its answer: to its at_progress, now."""
+        if not inflight or box.get(b"_progress") != inflight[0].ask:
+            return False
+        task = inflight[0]
+        try:
+            value = _codec.load_result(wire.join_value(box, b"p"))
+        except Exception:
+            log.failure("a progress value of a task could not be read")
+            return True
+        try:
+            task.on_progress(value)
+        except Exception:
+            log.failure("at_progress raised; the task goes on")
+        return True
+
     def _box_received(self, worker: Worker, box: dict[bytes, Any]) -> None:
         if worker in self._starting:
             if box.get(b"_command") == b"ready":
@@ -315,6 +333,8 @@ class ProcessPool(TaskEndings):
         ask = box.get(b"_answer")
         if ask is None:
             ask = box.get(b"_error")
+            if ask is None and self._progress(inflight, box):
+                return
         if not inflight or ask != inflight[0].ask:
             self._wrong_answer(worker, box)
             return

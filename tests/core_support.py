@@ -254,3 +254,13 @@ def put_a_pipe_on_fds_3_and_4() -> bool:
             os.close(fd)
     _hijacked.extend((3, 4))
     return True
+
+
+def report(values: int, gap: float) -> str:
+    """Report ``values`` progress values ``gap`` seconds apart, each with its send time."""
+    from workers import progress
+    for i in range(values):
+        if i:
+            time.sleep(gap)
+        progress((i, time.time()))
+    return "done"

@@ -40,14 +40,23 @@ def compile_source(source: str, filename: str = "<source>") -> tuple[Any, bool]:
     return compile(tree, filename, "exec"), False
 
 
-def run_source(source: str, env: dict[str, Any]) -> Any:
-    """Run ``source`` with ``env`` as its globals and collect its ``_return`` values."""
+def run_source(source: str, env: dict[str, Any], on_return: Any = None) -> Any:
+    """
+    Run ``source`` with ``env`` as its globals and collect its ``_return``
+    values; ``on_return(value)``, if given, hears each one as it is made.
+    """
     if not isinstance(source, str):
         raise TypeError(f"source must be a str, not {type(source).__name__}")
     code, is_expression = compile_source(source)
     returned: list[Any] = []
     namespace: dict[str, Any] = dict(env)
-    namespace["_return"] = returned.append
+    if on_return is None:
+        namespace["_return"] = returned.append
+    else:
+        def _return(value: Any) -> None:
+            returned.append(value)
+            on_return(value)
+        namespace["_return"] = _return
     namespace.setdefault("__builtins__", builtins)
     namespace.setdefault("__name__", "__procpool_source__")
     value = eval(code, namespace) if is_expression else _exec(code, namespace)

@@ -111,7 +111,8 @@ def encode_error(ask: bytes, code: bytes, description: str, payload: bytes = b""
 
 
 _RUN_HEAD = b"".join([_pack(8), b"_command", _pack(3), b"run", _pack(4), b"_ask"])
-_KIND = {b"c": _pack(1) + b"k" + _pack(1) + b"c", b"s": _pack(1) + b"k" + _pack(1) + b"s"}
+# c: a pickled call, s: a pickled source string; C and S: the same, reporting progress.
+_KIND = {kind: _pack(1) + b"k" + _pack(1) + kind for kind in (b"c", b"s", b"C", b"S")}
 
 
 def encode_run(ask: bytes, kind: bytes, payload: bytes) -> bytes | list[bytes | memoryview]:

@@ -29,7 +29,7 @@ import traceback
 from collections.abc import Iterator
 from typing import Any
 
-from workers import hygiene, limits, pickling, reaper, wire
+from workers import hygiene, limits, pickling, reaper, reporting, wire
 from workers.source import run_source
 
 __all__ = ["main", "serve"]
@@ -96,6 +96,26 @@ def run_task(kind: bytes, payload: bytes) -> Any:
     raise ValueError(f"unknown task kind {kind!r}")
 
 
+# The answer pipe, for progress boxes written while a task runs (set by serve).
+_progress_fd = FD_OUT
+
+
+def _run_reporting(ask: bytes, kind: bytes, payload: bytes, cap: int) -> Any:
+    """Run a task whose caller asked for progress (kind C or S): each value goes out at once."""
+    def send(value: Any) -> None:
+        data = pickling.dumps(value)
+        if len(data) > cap:
+            raise ValueError(f"a progress value of {len(data):,} bytes is over the payload "
+                             f"cap of {cap:,} bytes")
+        _write_all(_progress_fd, wire.encode_box({b"_progress": ask, b"p": data}))
+
+    with reporting.reporting(send):
+        if kind == b"S":
+            source, env = pickle.loads(payload)
+            return run_source(source, env, on_return=send)
+        return run_task(b"c", payload)
+
+
 def _raised(ask: bytes, exc: BaseException, cap: int) -> list:
     """The box saying that the task raised ``exc``."""
     info = _describe(exc)
@@ -113,7 +133,8 @@ def answer(ask: bytes, kind: bytes, payload: bytes, cap: int) -> list:
     task's frames (and what they held) are gone.
     """
     try:
-        result = run_task(kind, payload)
+        result = run_task(kind, payload) if kind in b"cs" else _run_reporting(ask, kind, payload,
+                                                                               cap)
     except MemoryError as exc:
         if _memory_limit is None:
             return _raised(ask, exc, cap)
@@ -159,6 +180,8 @@ def serve(cap: int, spin: float, fd_in: int = FD_IN, fd_out: int = FD_OUT,
     descriptors after each answer (workers/hygiene.py); it returns early
     when the wire is broken or a task went past PROCPOOL_MAX_MEMORY.
     """
+    global _progress_fd
+    _progress_fd = fd_out
     _write_all(fd_out, wire.encode_box({b"_command": b"ready",
                                         b"pid": str(os.getpid()).encode()}))
     parser = wire.BoxParser()
