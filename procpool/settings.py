@@ -221,6 +221,9 @@ SETTINGS: dict[str, Setting] = {s.name: s for s in [
     Setting("PROCPOOL_WATCHDOG", None, _timeout,
             "Seconds the reactor thread may go without a turn before the watchdog logs "
             "the stall with the blocking call's stack (none or 0: off)."),
+    Setting("PROCPOOL_METRICS_PORT", None, _int(0, optional=True),
+            "Serve Prometheus metrics on 127.0.0.1 at this port (needs the metrics extra; "
+            "docs/operations.md); none or 0: off."),
     Setting("PROCPOOL_STOP_GRACE", 10.0, _float(0.0),
             "Seconds running tasks get to finish when the pool stops, before their "
             "workers are killed (0: kill at once)."),
