@@ -200,10 +200,38 @@ def _in_pool(to_execute: Any, args: tuple[Any, ...], kwargs: dict[str, Any],
                                            "the source string's keyword arguments")
     else:
         kind, payload = b"c", _codec.dumps((to_execute, args, kwargs), f"{what} or its arguments")
+    pool = get_pool()
+    if "caller" in kwargs and settings.cached("PROCPOOL_PER_CALLER"):
+        return _in_share(pool, kwargs["caller"], kind, payload, timeout, on_progress)
     # The pool fires the caller's AsyncResult itself: one Deferred per call;
     # cancelling it cancels the task (ProcessPool._cancel).
-    pool = get_pool()
     return pool._submit(kind, payload, timeout, AsyncResult(pool.canceller), on_progress)
+
+
+_shares: Any = None  # procpool/_shares.py's Shares, made on the first call with a caller
+
+
+def _in_share(pool: ProcessPool, caller: Any, kind: bytes, payload: bytes,
+              timeout: float | None, on_progress: Any) -> defer.Deferred:
+    """A task counted against ``caller``'s share of the pool (PROCPOOL_PER_CALLER)."""
+    global _shares
+    from procpool._shares import Shares
+    limit = settings.cached("PROCPOOL_PER_CALLER")
+    if _shares is None:
+        _shares = Shares(limit)
+    shares, shares.limit = _shares, limit
+
+    def cancel(out: defer.Deferred) -> None:
+        if not shares.cancel(out) and getattr(out, "inner", None) is not None:
+            out.inner.cancel()  # in the pool: the pool's own cancel (kills if running)
+
+    def send() -> defer.Deferred:
+        inner = pool._submit(kind, payload, timeout, defer.Deferred(pool.canceller), on_progress)
+        out.inner = inner
+        return inner
+
+    out = AsyncResult(cancel)
+    return shares.submit(caller, send, out)
 
 
 def _reporting_in_thread(to_execute: Any, args: tuple[Any, ...], kwargs: dict[str, Any],

@@ -224,6 +224,9 @@ SETTINGS: dict[str, Setting] = {s.name: s for s in [
     Setting("PROCPOOL_METRICS_PORT", None, _int(0, optional=True),
             "Serve Prometheus metrics on 127.0.0.1 at this port (needs the metrics extra; "
             "docs/operations.md); none or 0: off."),
+    Setting("PROCPOOL_PER_CALLER", 2, _int(0),
+            "Most tasks of one caller (run_async's caller=...) in the pool at once; the "
+            "rest wait their turn, so one player cannot fill the pool (0: no limit)."),
     Setting("PROCPOOL_STOP_GRACE", 10.0, _float(0.0),
             "Seconds running tasks get to finish when the pool stops, before their "
             "workers are killed (0: kill at once)."),
