@@ -222,6 +222,22 @@ def bench_procpool_extras() -> dict:
             yield defer.gatherResults([pool.submit_call(noop, i) for i in range(BURST)])
             out[f"burst_recycle_{recycle}"] = BURST / (time.perf_counter() - t)
             yield pool.stop()
+        # The watchdog's cost: the same burst with it off and on, alternated.
+        from procpool.watchdog import Watchdog
+        pool = ProcessPool(min_workers=2, max_workers=2, recycle=0)
+        yield pool.start()
+        rates: dict[bool, list[float]] = {False: [], True: []}
+        for on in (False, True) * 3:
+            dog = Watchdog(0.25, reactor)
+            if on:
+                dog.start()
+            t = time.perf_counter()
+            yield defer.gatherResults([pool.submit_call(noop, i) for i in range(BURST)])
+            rates[on].append(BURST / (time.perf_counter() - t))
+            dog.stop()
+        yield pool.stop()
+        out["watchdog_cost_pct"] = 100 * (1 - statistics.median(rates[True])
+                                          / statistics.median(rates[False]))
         base = out["burst_recycle_0"]
         out["recycling_cost_pct"] = 100 * (1 - out["burst_recycle_10000"] / base)
         out["recycling_500_cost_pct"] = 100 * (1 - out["burst_recycle_500"] / base)
@@ -293,7 +309,9 @@ def main() -> None:
               f"{extras['burst_recycle_10000']:,.0f}/s recycling every 10,000 tasks (the "
               f"default; cost {extras['recycling_cost_pct']:.0f}%), "
               f"{extras['burst_recycle_500']:,.0f}/s every 500 (ampoule's default; cost "
-              f"{extras['recycling_500_cost_pct']:.0f}%: a Python start per 500 tiny tasks)")
+              f"{extras['recycling_500_cost_pct']:.0f}%: a Python start per 500 tiny tasks); "
+              f"the reactor watchdog (PROCPOOL_WATCHDOG=0.25) costs "
+              f"{extras['watchdog_cost_pct']:.1f}% of that throughput")
 
 
 if __name__ == "__main__":
