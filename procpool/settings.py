@@ -110,6 +110,19 @@ def _float(minimum: float = 0.0, optional: bool = False) -> Callable[[str, Any],
     return lambda name, v: _number(name, v, integer=False, minimum=minimum, optional=optional)
 
 
+def _function_path(name: str, value: Any) -> str | None:
+    """'module:function' (or 'module', meaning its setup()), checked for shape only."""
+    value = _str(optional=True)(name, value)
+    if value is None:
+        return None
+    module, _, function = value.partition(":")
+    dotted = all(part.isidentifier() for part in module.split("."))
+    if not dotted or (function and not function.isidentifier()):
+        raise SettingError(f"{name} must name a function as 'package.module:function', "
+                           f"got {value!r}")
+    return value
+
+
 def _str(optional: bool = False) -> Callable[[str, Any], Any]:
     def check(name: str, value: Any) -> Any:
         if value is None and optional:
@@ -215,7 +228,7 @@ SETTINGS: dict[str, Setting] = {s.name: s for s in [
     Setting("PROCPOOL_MAX_QUEUED_BYTES", 512 * _MiB, _int(1),
             "Most bytes of arguments waiting for a worker; past it run_async fails at once "
             "with PoolBusy (a task that finds the queue empty is always taken)."),
-    Setting("PROCPOOL_WORKER_INIT", None, _str(optional=True),
+    Setting("PROCPOOL_WORKER_INIT", None, _function_path,
             "A function each worker calls once before its first task, as 'module:function' "
             "(procpool.evennia sets it to set the game's Django up)."),
     Setting("PROCPOOL_WATCHDOG", None, _timeout,

@@ -29,6 +29,8 @@ from typing import Any
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
+from procpool.errors import SettingError
+
 __all__ = ["Watchdog", "start_watchdog", "stop_watchdog"]
 
 log = Logger()
@@ -57,7 +59,8 @@ class Watchdog:
     def __init__(self, threshold: float, reactor: Any = None) -> None:
         if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) \
                 or not threshold > 0:
-            raise ValueError(f"the watchdog's threshold must be seconds above 0, got {threshold!r}")
+            raise SettingError(f"the watchdog's threshold (PROCPOOL_WATCHDOG) must be seconds "
+                               f"above 0, got {threshold!r}")
         if reactor is None:
             from twisted.internet import reactor as default_reactor
             reactor = default_reactor

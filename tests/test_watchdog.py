@@ -79,3 +79,5 @@ def test_the_watchdog_is_off_by_default():
 def test_a_bad_threshold_names_the_setting(bad):
     with pytest.raises(procpool.SettingError, match="PROCPOOL_WATCHDOG"):
         procpool.configure(PROCPOOL_WATCHDOG=bad)
+    with pytest.raises(procpool.SettingError, match="PROCPOOL_WATCHDOG"):
+        watchdog.Watchdog(bad if bad != "soon" else 0, reactor)
