@@ -10,13 +10,16 @@ Each system runs in a fresh interpreter, with 2 workers, warm:
 
 Then procpool's own goals: how late a 1 s ``proc_timeout`` fires, the
 reactor's lag while every worker burns CPU, and what recycling costs in
-throughput (at the default of 10,000 tasks, and at ampoule's 500).
+throughput (at the default of 10,000 tasks, and at ampoule's 500), and what
+the reactor watchdog costs: its own CPU, and the burst's throughput in off/on
+pairs (``--watchdog-only`` runs that part alone).
 
 Peers: plain ampoule (24.10, recycling off; its values are capped at 64 KiB,
 so its echo sends 1 MiB as 16 calls), ``concurrent.futures.ProcessPoolExecutor``
 and pebble. The table gives each figure and its ratio to procpool's.
 
     python bench/run.py [--systems procpool,futures] [--repeat 3]
+    python bench/run.py --watchdog-only [--watchdog-pairs 10]
 """
 
 from __future__ import annotations
@@ -222,27 +225,115 @@ def bench_procpool_extras() -> dict:
             yield defer.gatherResults([pool.submit_call(noop, i) for i in range(BURST)])
             out[f"burst_recycle_{recycle}"] = BURST / (time.perf_counter() - t)
             yield pool.stop()
-        # The watchdog's cost: the same burst with it off and on, alternated.
-        from procpool.watchdog import Watchdog
-        pool = ProcessPool(min_workers=2, max_workers=2, recycle=0)
-        yield pool.start()
-        rates: dict[bool, list[float]] = {False: [], True: []}
-        for on in (False, True) * 3:
-            dog = Watchdog(0.25, reactor)
-            if on:
-                dog.start()
-            t = time.perf_counter()
-            yield defer.gatherResults([pool.submit_call(noop, i) for i in range(BURST)])
-            rates[on].append(BURST / (time.perf_counter() - t))
-            dog.stop()
-        yield pool.stop()
-        out["watchdog_cost_pct"] = 100 * (1 - statistics.median(rates[True])
-                                          / statistics.median(rates[False]))
         base = out["burst_recycle_0"]
         out["recycling_cost_pct"] = 100 * (1 - out["burst_recycle_10000"] / base)
         out["recycling_500_cost_pct"] = 100 * (1 - out["burst_recycle_500"] / base)
 
     return _in_reactor(run, out)
+
+
+WATCHDOG_PAIRS = 10
+
+
+def bench_watchdog(pairs: int = WATCHDOG_PAIRS) -> dict:
+    """
+    The reactor watchdog's cost (``PROCPOOL_WATCHDOG=0.25``), two ways.
+
+    Directly: CPU seconds of the watchdog's thread (``time.thread_time()`` in
+    it) and of the reactor-side heartbeat (each tick of its ``LoopingCall``,
+    rescheduling included, timed), over the bursts' wall time, as % of one
+    core. And in throughput: ``pairs`` pairs of the 20k no-op burst with the
+    watchdog off and on, the order inside a pair alternated against drift;
+    the cost is the median of the pairs' (1 - on/off), with its quartiles.
+    """
+    from tasks import noop
+    from twisted.internet import defer, reactor
+    from twisted.internet.task import LoopingCall
+
+    from procpool.pool import ProcessPool
+    from procpool.watchdog import Watchdog
+
+    class TimedLoop(LoopingCall):
+        reactor_s = 0.0
+        ticks = 0
+
+        def __call__(self) -> None:
+            t = time.thread_time()
+            super().__call__()
+            TimedLoop.reactor_s += time.thread_time() - t
+            TimedLoop.ticks += 1
+
+    class TimedWatchdog(Watchdog):
+        thread_s = 0.0
+
+        def __init__(self, *args, **kwargs) -> None:
+            super().__init__(*args, **kwargs)
+            self._loop = TimedLoop(self._heartbeat)
+            self._loop.clock = self.reactor
+
+        def _watch(self) -> None:
+            try:
+                super()._watch()
+            finally:
+                TimedWatchdog.thread_s += time.thread_time()
+
+    out: dict = {}
+
+    @defer.inlineCallbacks
+    def run():
+        pool = ProcessPool(min_workers=2, max_workers=2, recycle=0)
+        yield pool.start()
+        yield defer.gatherResults([pool.submit_call(noop, i) for i in range(2000)])
+        rates: dict[bool, list[float]] = {False: [], True: []}
+        on_wall = 0.0
+        for pair in range(pairs):
+            for on in ((False, True) if pair % 2 == 0 else (True, False)):
+                dog = TimedWatchdog(0.25, reactor)
+                if on:
+                    dog.start()
+                    thread = dog._thread
+                t = time.perf_counter()
+                yield defer.gatherResults([pool.submit_call(noop, i) for i in range(BURST)])
+                wall = time.perf_counter() - t
+                rates[on].append(BURST / wall)
+                if on:
+                    on_wall += wall
+                    dog.stop()
+                    thread.join()
+        yield pool.stop()
+        costs = sorted(100 * (1 - on / off)
+                       for on, off in zip(rates[True], rates[False], strict=True))
+        quartiles = statistics.quantiles(costs, n=4)
+        out.update(
+            pairs=pairs, burst_off_per_s=statistics.median(rates[False]),
+            burst_on_per_s=statistics.median(rates[True]),
+            burst_off_range=[min(rates[False]), max(rates[False])],
+            burst_on_range=[min(rates[True]), max(rates[True])],
+            throughput_cost_pct=statistics.median(costs),
+            throughput_cost_iqr_pct=[quartiles[0], quartiles[2]],
+            throughput_cost_range_pct=[costs[0], costs[-1]],
+            on_wall_s=on_wall, thread_cpu_s=TimedWatchdog.thread_s,
+            heartbeat_cpu_s=TimedLoop.reactor_s, heartbeats=TimedLoop.ticks,
+            thread_cpu_pct=100 * TimedWatchdog.thread_s / on_wall,
+            heartbeat_cpu_pct=100 * TimedLoop.reactor_s / on_wall,
+            cpu_cost_pct=100 * (TimedWatchdog.thread_s + TimedLoop.reactor_s) / on_wall)
+
+    return _in_reactor(run, out)
+
+
+def _print_watchdog(dog: dict) -> None:
+    lo, hi = dog["throughput_cost_iqr_pct"]
+    print(f"\nthe reactor watchdog (PROCPOOL_WATCHDOG=0.25) on the 20k no-op burst, "
+          f"{dog['pairs']} off/on pairs: its own CPU {dog['cpu_cost_pct']:.3f}% of one core "
+          f"(thread {dog['thread_cpu_s'] * 1000:.1f} ms + reactor heartbeat "
+          f"{dog['heartbeat_cpu_s'] * 1000:.1f} ms in {dog['heartbeats']} ticks, over "
+          f"{dog['on_wall_s']:.1f} s with it on); throughput off "
+          f"{dog['burst_off_per_s']:,.0f}/s ({dog['burst_off_range'][0]:,.0f}-"
+          f"{dog['burst_off_range'][1]:,.0f}), on {dog['burst_on_per_s']:,.0f}/s "
+          f"({dog['burst_on_range'][0]:,.0f}-{dog['burst_on_range'][1]:,.0f}); cost per pair "
+          f"median {dog['throughput_cost_pct']:+.1f}% (quartiles {lo:+.1f}% to {hi:+.1f}%, "
+          f"range {dog['throughput_cost_range_pct'][0]:+.1f}% to "
+          f"{dog['throughput_cost_range_pct'][1]:+.1f}%)")
 
 
 SYSTEMS = {"procpool": bench_procpool, "ampoule": bench_ampoule,
@@ -252,9 +343,9 @@ COLUMNS = [("start_ms", "start ms", False), ("rt_p50_us", "rt p50 us", False),
            ("echo_mib_s", "1MiB echo MiB/s", True)]
 
 
-def _one(name: str) -> dict:
-    proc = subprocess.run([sys.executable, __file__, "--one", name], capture_output=True,
-                          text=True, timeout=600)
+def _one(name: str, *extra: str) -> dict:
+    proc = subprocess.run([sys.executable, __file__, "--one", name, *extra],
+                          capture_output=True, text=True, timeout=600)
     lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
     if proc.returncode or not lines:
         return {"error": (proc.stderr or proc.stdout)[-2000:]}
@@ -268,11 +359,28 @@ def main() -> None:
     parser.add_argument("--systems", default=",".join(SYSTEMS))
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--no-extras", action="store_true",
-                        help="skip procpool's timeout, recycling and reactor-lag figures")
+                        help="skip procpool's timeout, recycling, reactor-lag and watchdog "
+                             "figures")
+    parser.add_argument("--watchdog-only", action="store_true",
+                        help="only the reactor watchdog's cost (no systems, no other extras)")
+    parser.add_argument("--watchdog-pairs", type=int, default=WATCHDOG_PAIRS,
+                        help=f"off/on pairs of the 20k burst for the watchdog's cost "
+                             f"(default {WATCHDOG_PAIRS})")
     args = parser.parse_args()
     if args.one:
+        if args.one == "watchdog":
+            print(json.dumps(bench_watchdog(args.watchdog_pairs)))
+            return
         runner = bench_procpool_extras if args.one == "extras" else SYSTEMS[args.one]
         print(json.dumps(runner()))
+        return
+    if args.watchdog_only:
+        print("bench: procpool watchdog ...", file=sys.stderr, flush=True)
+        dog = _one("watchdog", "--watchdog-pairs", str(args.watchdog_pairs))
+        if "error" in dog:
+            print(f"watchdog failed:\n{dog['error']}", file=sys.stderr)
+            return
+        _print_watchdog(dog)
         return
     names = [n for n in args.systems.split(",") if n]
     results: dict[str, dict] = {}
@@ -309,9 +417,13 @@ def main() -> None:
               f"{extras['burst_recycle_10000']:,.0f}/s recycling every 10,000 tasks (the "
               f"default; cost {extras['recycling_cost_pct']:.0f}%), "
               f"{extras['burst_recycle_500']:,.0f}/s every 500 (ampoule's default; cost "
-              f"{extras['recycling_500_cost_pct']:.0f}%: a Python start per 500 tiny tasks); "
-              f"the reactor watchdog (PROCPOOL_WATCHDOG=0.25) costs "
-              f"{extras['watchdog_cost_pct']:.1f}% of that throughput")
+              f"{extras['recycling_500_cost_pct']:.0f}%: a Python start per 500 tiny tasks)")
+        print("bench: procpool watchdog ...", file=sys.stderr, flush=True)
+        dog = _one("watchdog", "--watchdog-pairs", str(args.watchdog_pairs))
+        if "error" in dog:
+            print(f"watchdog failed:\n{dog['error']}", file=sys.stderr)
+            return
+        _print_watchdog(dog)
 
 
 if __name__ == "__main__":

@@ -96,6 +96,13 @@ class Shares:
         return result
 
     def figures(self) -> dict[str, int]:
-        """For stats(): callers with tasks in the pool, and tasks waiting for their share."""
-        return {"callers": len(self.running),
+        """
+        For ``procpool.stats()``: the per-caller limit, callers with tasks in
+        the pool, callers with tasks waiting for their share, and how many
+        tasks wait::
+
+            {"limit": 2, "callers": 3, "callers_waiting": 1, "waiting_for_share": 198}
+        """
+        return {"limit": self.limit, "callers": len(self.running),
+                "callers_waiting": len(self.waiting),
                 "waiting_for_share": sum(len(line) for line in self.waiting.values())}

@@ -340,9 +340,28 @@ def stats() -> dict[str, Any]:
     """
     The pool's figures, for a status command or a metrics exporter::
 
-        >>> sorted(procpool.stats())[:3]
-        ['busy', 'idle', 'in_flight']
+        >>> procpool.stats()["tasks_done"], procpool.stats()["watchdog_threshold"]
+        (0, None)
+
+    Besides the pool's own (``ProcessPool.stats()``): the fair shares
+    (``per_caller_limit``, ``callers_in_pool``, ``callers_waiting``,
+    ``tasks_waiting_for_share``), the watchdog (``watchdog_threshold``, None
+    when off, ``watchdog_stalls``, ``watchdog_last_stall_s``,
+    ``watchdog_last_stall_in``) and ``metrics_url`` (None unless served);
+    docs/operations.md explains each.
     """
-    if _pool is None:
-        return ProcessPool.figures_before_start()
-    return _pool.stats()
+    figures = ProcessPool.figures_before_start() if _pool is None else _pool.stats()
+    shares = _shares.figures() if _shares is not None else {
+        "callers": 0, "callers_waiting": 0, "waiting_for_share": 0}
+    figures.update(per_caller_limit=settings.get("PROCPOOL_PER_CALLER"),
+                   callers_in_pool=shares["callers"], callers_waiting=shares["callers_waiting"],
+                   tasks_waiting_for_share=shares["waiting_for_share"])
+    from procpool import watchdog
+    figures.update(watchdog.figures())
+    metrics = sys.modules.get("procpool.metrics")
+    exporter = getattr(metrics, "_running", None)
+    figures["metrics_url"] = None
+    if exporter is not None:
+        host = exporter.listening.getHost()
+        figures["metrics_url"] = f"http://{host.host}:{host.port}/metrics"
+    return figures

@@ -13,8 +13,10 @@ first::
     # reactor blocked for 1.00 s in slow_callback (game/commands.py:12); stack: ...
 
 The reactor side is a ``LoopingCall`` on the injected clock that stamps a
-heartbeat every quarter of the threshold; the thread only reads it. Off by
-default.
+heartbeat every quarter of the threshold; the thread only reads it, and
+sleeps until the last beat is a threshold old, so it wakes about once per
+three quarters of the threshold while the reactor turns. Off by default;
+``bench/run.py --watchdog-only`` measures its cost.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ from twisted.logger import Logger
 
 from procpool.errors import SettingError
 
-__all__ = ["Watchdog", "start_watchdog", "stop_watchdog"]
+__all__ = ["Watchdog", "figures", "start_watchdog", "stop_watchdog"]
 
 log = Logger()
 
@@ -45,6 +47,14 @@ def _stack_outside_twisted(frame: Any, depth: int = 12) -> list[traceback.FrameS
     ours = [f for f in frames
             if _TWISTED not in f.filename and os.path.abspath(f.filename) != _HERE]
     return ours[-depth:]
+
+
+def _where(frames: list[traceback.FrameSummary]) -> str:
+    """The innermost frame outside Twisted, as ``function (file:line)``."""
+    if not frames:
+        return "a call in Twisted itself"
+    top = frames[-1]
+    return f"{top.name} ({top.filename}:{top.lineno})"
 
 
 class Watchdog:
@@ -88,36 +98,58 @@ class Watchdog:
         self._thread.start()
 
     def stop(self) -> None:
-        """Stop watching (the thread ends within a quarter of the threshold)."""
+        """Stop watching (the thread wakes and ends at once)."""
         self._stop.set()
         if self._loop.running:
             self._loop.stop()
         self._thread = None
 
+    def figures(self) -> dict[str, Any]:
+        """
+        What this watchdog has seen, for ``procpool.stats()``: its threshold,
+        the stalls it logged, and the last one's seconds and place::
+
+            {"watchdog_threshold": 0.25, "watchdog_stalls": 1,
+             "watchdog_last_stall_s": 1.0, "watchdog_last_stall_in": "slow (game.py:12)"}
+        """
+        seconds = where = None
+        if self.last_stall is not None:
+            seconds, frames = self.last_stall
+            seconds = round(seconds, 3)
+            where = _where(frames)
+        return {"watchdog_threshold": self.threshold, "watchdog_stalls": self.stalls,
+                "watchdog_last_stall_s": seconds, "watchdog_last_stall_in": where}
+
     def _heartbeat(self) -> None:
         now = time.monotonic()
+        began, self._beat = self._beat, now
         caught, self._caught = self._caught, None
-        self._beat = now
-        if caught is not None:
-            began, frames = caught
-            self._report(now - began, frames)
+        # A stack caught for an earlier beat (the thread read the beat just before this
+        # one moved it) is not this stall's: one stall, one line.
+        if caught is not None and caught[0] == began:
+            self._report(now - caught[0], caught[1])
 
     def _watch(self) -> None:
-        period = self.threshold / 4
-        while not self._stop.wait(period):
+        # The thread sleeps until the reactor would have been silent for the threshold,
+        # counted from its last beat; while the reactor turns the beat moves on, so the
+        # thread wakes about once per three quarters of the threshold (each wake-up takes
+        # the GIL from the reactor), and a stall is caught the moment it passes the threshold.
+        while True:
             beat = self._beat
-            if self._caught is None and time.monotonic() - beat > self.threshold:
+            left = beat + self.threshold - time.monotonic()
+            if left <= 0 and self._caught is None:
                 frame = sys._current_frames().get(self._reactor_thread)
                 if frame is not None:
                     self._caught = (beat, _stack_outside_twisted(frame))
+            if left <= 0:
+                left = self.threshold / 4  # caught: look again once the reactor has turned
+            if self._stop.wait(left):
+                return
 
     def _report(self, seconds: float, frames: list[traceback.FrameSummary]) -> None:
         self.stalls += 1
         self.last_stall = (seconds, frames)
-        where = "a call in Twisted itself"
-        if frames:
-            top = frames[-1]
-            where = f"{top.name} ({top.filename}:{top.lineno})"
+        where = _where(frames)
         stack = "".join(traceback.format_list(frames)).rstrip()
         log.warn("reactor blocked for {seconds:.2f} s in {where}; stack:\n{stack}",
                  seconds=seconds, where=where, stack=stack)
@@ -138,6 +170,19 @@ def start_watchdog(threshold: float, reactor: Any = None) -> Watchdog:
         _running = Watchdog(threshold, reactor)
         _running.start()
     return _running
+
+
+def figures() -> dict[str, Any]:
+    """
+    The process's watchdog figures (see :meth:`Watchdog.figures`); with no
+    watchdog running, a threshold of None (off) and no stalls::
+
+        procpool.watchdog.figures()["watchdog_threshold"]   # None: off
+    """
+    if _running is None:
+        return {"watchdog_threshold": None, "watchdog_stalls": 0,
+                "watchdog_last_stall_s": None, "watchdog_last_stall_in": None}
+    return _running.figures()
 
 
 def stop_watchdog() -> None:

@@ -244,8 +244,10 @@ def test_quit_says_goodbye_and_closes(server):
 def test_stats_shows_the_pools_figures(server):
     bob = player(server)
     bob.send("stats")
-    bob.read_until("Pool figures:")
-    assert bob.read_line_with("workers:").strip() == "workers: 2"
+    bob.read_until("Pool figures (running")
+    assert bob.read_line_with("workers:").strip().startswith("workers:   2 (busy ")
+    assert bob.read_line_with("tasks:").strip().startswith("tasks:     done ")
+    assert bob.read_line_with("metrics:").strip() == "metrics:   off (PROCPOOL_METRICS_PORT)"
 
 
 def test_help_lists_the_commands(server):

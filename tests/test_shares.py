@@ -44,10 +44,27 @@ class FairShares(s.PoolTestCase):
         tasks = [procpool.run_async(sleep_for, 0.2, caller="A") for _ in range(6)]
         yield s.wait_until(lambda: self.pool.stats()["busy"] >= 1)
         self.assertEqual(api._shares.running["A"], 2)
-        self.assertEqual(api._shares.figures()["waiting_for_share"], 4)
+        self.assertEqual(api._shares.figures(), {"limit": 2, "callers": 1, "callers_waiting": 1,
+                                                 "waiting_for_share": 4})
+        self.assertEqual({k: procpool.stats()[k] for k in (
+            "per_caller_limit", "callers_in_pool", "callers_waiting", "tasks_waiting_for_share")},
+            {"per_caller_limit": 2, "callers_in_pool": 1, "callers_waiting": 1,
+             "tasks_waiting_for_share": 4})
         self.assertLessEqual(self.pool.stats()["in_flight"], 2)
         yield defer.gatherResults(tasks)
-        self.assertEqual(api._shares.figures(), {"callers": 0, "waiting_for_share": 0})
+        self.assertEqual(api._shares.figures(), {"limit": 2, "callers": 0, "callers_waiting": 0,
+                                                 "waiting_for_share": 0})
+
+    @defer.inlineCallbacks
+    def test_figures_count_callers_in_the_pool_and_callers_waiting_apart(self):
+        a = [procpool.run_async(sleep_for, 0.3, caller="A") for _ in range(5)]
+        b = [procpool.run_async(sleep_for, 0.3, caller="B") for _ in range(3)]
+        c = [procpool.run_async(sleep_for, 0.3, caller="C")]
+        figures = api._shares.figures()
+        self.assertEqual((figures["callers"], figures["callers_waiting"],
+                          figures["waiting_for_share"]), (3, 2, 3 + 1))
+        yield defer.gatherResults(a + b + c)
+        self.assertEqual(procpool.stats()["callers_waiting"], 0)
 
     @defer.inlineCallbacks
     def test_a_task_waiting_for_its_share_can_be_cancelled_and_never_runs(self):
@@ -57,7 +74,8 @@ class FairShares(s.PoolTestCase):
         waiting.cancel()
         self.assertEqual((yield waiting), "cancelled")
         yield defer.gatherResults(first)
-        self.assertEqual(api._shares.figures(), {"callers": 0, "waiting_for_share": 0})
+        self.assertEqual(api._shares.figures(), {"limit": 2, "callers": 0, "callers_waiting": 0,
+                                                 "waiting_for_share": 0})
 
     @defer.inlineCallbacks
     def test_caller_is_still_passed_on_and_failures_free_the_share(self):

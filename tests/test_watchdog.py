@@ -81,3 +81,55 @@ def test_a_bad_threshold_names_the_setting(bad):
         procpool.configure(PROCPOOL_WATCHDOG=bad)
     with pytest.raises(procpool.SettingError, match="PROCPOOL_WATCHDOG"):
         watchdog.Watchdog(bad if bad != "soon" else 0, reactor)
+
+
+class Figures(unittest.TestCase):
+    def tearDown(self) -> None:
+        watchdog.stop_watchdog()
+
+    @defer.inlineCallbacks
+    def test_figures_give_the_threshold_the_stalls_and_where_the_last_was(self):
+        dog = watchdog.Watchdog(0.25, reactor)
+        self.assertEqual(dog.figures(), {"watchdog_threshold": 0.25, "watchdog_stalls": 0,
+                                         "watchdog_last_stall_s": None,
+                                         "watchdog_last_stall_in": None})
+        dog.start()
+        self.addCleanup(dog.stop)
+        yield task.deferLater(reactor, 0.3, slow_callback)
+        yield task.deferLater(reactor, 0.5, lambda: None)
+        figures = dog.figures()
+        self.assertEqual(figures["watchdog_stalls"], 1)
+        self.assertGreaterEqual(figures["watchdog_last_stall_s"], 0.9)
+        self.assertIn(f"slow_callback ({__file__}:{SLEEP_LINE})", figures["watchdog_last_stall_in"])
+
+    def test_the_process_figures_say_off_until_it_starts_and_show_it_in_stats(self):
+        self.assertIsNone(watchdog.figures()["watchdog_threshold"])
+        self.assertIsNone(procpool.stats()["watchdog_threshold"])
+        watchdog.start_watchdog(0.5, reactor)
+        self.assertEqual(watchdog.figures()["watchdog_threshold"], 0.5)
+        self.assertEqual(procpool.stats()["watchdog_threshold"], 0.5)
+        self.assertEqual(procpool.stats()["watchdog_stalls"], 0)
+
+
+class WakeUps(unittest.TestCase):
+    @defer.inlineCallbacks
+    def test_the_thread_wakes_less_than_twice_a_threshold_while_the_reactor_turns(self):
+        # Each wake-up takes the GIL from the reactor: it sleeps until the beat is a
+        # threshold old (about 5 wakes a second at 0.25 s), not every quarter threshold (16).
+        import threading
+
+        wakes: list[float] = []
+
+        class Counting(threading.Event):
+            def wait(self, timeout: float | None = None) -> bool:
+                wakes.append(time.monotonic())
+                return super().wait(timeout)
+
+        dog = watchdog.Watchdog(0.25, reactor)
+        dog._stop = Counting()
+        dog.start()
+        self.addCleanup(dog.stop)
+        yield task.deferLater(reactor, 2.0, lambda: None)
+        self.assertGreaterEqual(len(wakes), 4, "it still watches")
+        self.assertLessEqual(len(wakes), 2.0 / (0.75 * 0.25) + 2, f"{len(wakes)} wake-ups in 2 s")
+        self.assertEqual(dog.stalls, 0)

@@ -372,14 +372,70 @@ def cmd_quiz(character: Character, args: str) -> None:
 # --- stats ---------------------------------------------------------------------------
 
 
+_OUTCOMES = (("done", "tasks_done"), ("failed", "tasks_failed"),
+             ("timed out", "tasks_timed_out"), ("crashed", "tasks_crashed"),
+             ("cancelled", "tasks_cancelled"), ("rejected", "tasks_rejected"),
+             ("moved", "tasks_moved"))
+_PROCESSES = (("started", "workers_started"), ("crashed", "workers_crashed"),
+              ("recycled", "workers_recycled"), ("failed to start", "workers_failed_to_start"))
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}" + ("" if n == 1 else "s")
+
+
+def stats_lines(figures: dict[str, Any]) -> list[str]:
+    """
+    ``procpool.stats()`` as an operator reads it, one topic a line (each figure
+    is explained in docs/operations.md)::
+
+        Pool figures (running, local backend):
+          workers:   2 (busy 1, idle 1, starting 0; pids 4711, 4712)
+          ...
+    """
+    f = dict(figures)
+
+    def take(key: str, default: Any = None) -> Any:
+        return f.pop(key, default)
+
+    def ms(value: float | None) -> str:
+        return "-" if value is None else f"{value:.2f} ms"
+
+    pids = ", ".join(str(pid) for pid in take("pids", [])) or "none"
+    state, backend = take("state", "?"), take("backend")
+    lines = [f"Pool figures ({state}" + (f", {backend} backend):" if backend else "):"),
+             f"  workers:   {take('workers', 0)} (busy {take('busy', 0)}, idle {take('idle', 0)}"
+             f", starting {take('starting', 0)}; pids {pids})",
+             f"  queue:     {take('queued', 0)} waiting for a worker ({take('queued_bytes', 0)}"
+             f" bytes), {take('in_flight', 0)} in flight",
+             "  tasks:     " + ", ".join(f"{name} {take(key, 0)}" for name, key in _OUTCOMES),
+             "  processes: " + ", ".join(f"{name} {take(key, 0)}" for name, key in _PROCESSES),
+             f"  latency:   p50 {ms(take('latency_p50_ms'))}, p99 {ms(take('latency_p99_ms'))}"
+             " (submit to answer, recent tasks)"]
+    limit = take("per_caller_limit", 0)
+    in_pool, waiting = take("callers_in_pool", 0), take("callers_waiting", 0)
+    tasks_waiting = take("tasks_waiting_for_share", 0)
+    if limit:
+        lines.append(f"  shares:    at most {limit} per caller; {_plural(in_pool, 'caller')} in the"
+                     f" pool, {_plural(waiting, 'caller')} waiting with "
+                     f"{_plural(tasks_waiting, 'task')}")
+    else:
+        lines.append("  shares:    off (PROCPOOL_PER_CALLER=0)")
+    threshold, stalls = take("watchdog_threshold"), take("watchdog_stalls", 0)
+    last_s, last_in = take("watchdog_last_stall_s"), take("watchdog_last_stall_in")
+    if threshold is None:
+        lines.append("  watchdog:  off (PROCPOOL_WATCHDOG)")
+    else:
+        last = f", the last {last_s:.2f} s in {last_in}" if last_in else ""
+        lines.append(f"  watchdog:  on at {threshold:g} s; {_plural(stalls, 'stall')} logged{last}")
+    url = take("metrics_url")
+    lines.append(f"  metrics:   {url}" if url else "  metrics:   off (PROCPOOL_METRICS_PORT)")
+    lines += [f"  {key}: {value}" for key, value in sorted(f.items())]  # figures added later
+    return lines
+
+
 @command("stats", "stats", "The process pool's figures (procpool.stats()).")
 def cmd_stats(character: Character, args: str) -> None:
     import procpool
 
-    figures = procpool.stats()
-    lines = ["Pool figures:"]
-    for key, value in sorted(figures.items()):
-        if isinstance(value, float):
-            value = f"{value:.3f}"
-        lines.append(f"  {key}: {value}")
-    character.msg("\n".join(lines))
+    character.msg("\n".join(stats_lines(procpool.stats())))
