@@ -17,7 +17,7 @@ EVENNIA_STAMP := $(EVENNIA_VENV)/.installed
 $(STAMP): setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[test,bench,metrics]'
+	$(PY) -m pip install --quiet -e '.[test,bench,metrics,ray]'
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -27,20 +27,26 @@ from workers.source import run_source
 
 __all__ = ["run_async", "start", "stop", "stats", "get_pool"]
 
-_pool: ProcessPool | None = None
+_pool: Any = None  # a ProcessPool, or a RayPool (PROCPOOL_BACKEND="ray")
 _stopped = False  # procpool.stop() was called, and procpool.start() not since
 
 
-def get_pool() -> ProcessPool:
+def get_pool() -> Any:
     """
-    The process-wide pool (created, not started, on first use). Asking for it
+    The process-wide pool (created, not started, on first use): a
+    :class:`ProcessPool`, or with ``PROCPOOL_BACKEND = "ray"`` a
+    :class:`procpool._ray.RayPool` with the same interface. Asking for it
     after :func:`stop` gives a fresh pool, and ``run_async`` works again::
 
         procpool.get_pool().stats()["workers"]
     """
     global _pool, _stopped
     if _pool is None or _pool.state in ("stopping", "stopped"):
-        _pool = ProcessPool()
+        if settings.get("PROCPOOL_BACKEND") == "ray":
+            from procpool._ray import RayPool  # imports no Ray until it starts
+            _pool = RayPool()
+        else:
+            _pool = ProcessPool()
         _stopped = False
     return _pool
 

@@ -78,8 +78,10 @@ class WorkerCrashed(ProcPoolError):
     """The worker running a task died before answering (exit, signal, segfault)."""
 
     def __init__(self, pid: int | None, exitcode: int | None = None,
-                 signum: int | None = None) -> None:
-        if signum is not None:
+                 signum: int | None = None, *, how: str | None = None) -> None:
+        if how is not None:
+            pass  # said by the caller (the Ray backend: Ray's own words)
+        elif signum is not None:
             try:
                 name = signal.Signals(signum).name
             except ValueError:
@@ -89,7 +91,8 @@ class WorkerCrashed(ProcPoolError):
             how = f"exited with code {exitcode}"
         else:
             how = "closed its connection"
-        super().__init__(f"worker {pid} {how} while running the task")
+        super().__init__(f"worker {pid} {how} while running the task" if pid is not None
+                         else f"the worker {how}")
         self.pid = pid
         self.exitcode = exitcode
         self.signum = signum

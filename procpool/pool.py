@@ -383,7 +383,7 @@ class ProcessPool(TaskEndings):
         answering = [w for w in self._workers if w not in self._starting]
         latencies = sorted(self._latencies)
         figures: dict[str, Any] = {
-            "state": self.state.value,
+            "backend": "local", "state": self.state.value,
             "workers": len(self._workers),
             "busy": sum(1 for w in answering if w.inflight),
             "idle": sum(1 for w in answering if not w.inflight),
@@ -402,8 +402,9 @@ class ProcessPool(TaskEndings):
     @staticmethod
     def figures_before_start() -> dict[str, Any]:
         """What :meth:`stats` says of a pool that does not exist yet: all zeros."""
-        return {"state": "not started", "workers": 0, "busy": 0, "idle": 0, "starting": 0,
-                "queued": 0, "queued_bytes": 0, "in_flight": 0, "pids": [],
+        return {"backend": settings.get("PROCPOOL_BACKEND"), "state": "not started",
+                "workers": 0, "busy": 0, "idle": 0, "starting": 0, "queued": 0,
+                "queued_bytes": 0, "in_flight": 0, "pids": [],
                 **dict.fromkeys(_COUNTERS, 0),
                 "latency_p50_ms": None, "latency_p99_ms": None}
 

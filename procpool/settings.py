@@ -137,6 +137,15 @@ def _str(optional: bool = False) -> Callable[[str, Any], Any]:
     return check
 
 
+def _choice(*allowed: str) -> Callable[[str, Any], Any]:
+    def check(name: str, value: Any) -> Any:
+        if not isinstance(value, str) or value.lower() not in allowed:
+            raise SettingError(f"{name} must be one of {', '.join(map(repr, allowed))}, "
+                               f"got {value!r}")
+        return value.lower()
+    return check
+
+
 def _database(name: str, value: Any) -> str:
     """A PROCPOOL_DATABASE value: one of the forms procpool/storage/spec.py accepts."""
     value = _str()(name, value)
@@ -231,6 +240,12 @@ SETTINGS: dict[str, Setting] = {s.name: s for s in [
     Setting("PROCPOOL_WORKER_INIT", None, _function_path,
             "A function each worker calls once before its first task, as 'module:function' "
             "(procpool.evennia sets it to set the game's Django up)."),
+    Setting("PROCPOOL_BACKEND", "local", _choice("local", "ray"),
+            "Where run_async's tasks run: 'local' (this machine's worker processes) or "
+            "'ray' (a Ray cluster, the ray extra; docs/scale-out.md)."),
+    Setting("PROCPOOL_RAY_ADDRESS", "local", _str(),
+            "The Ray cluster of PROCPOOL_BACKEND='ray': 'local' (start one on 127.0.0.1), "
+            "'auto' (the one `ray start` began here), 'host:port' or 'ray://host:10001'."),
     Setting("PROCPOOL_WATCHDOG", None, _timeout,
             "Seconds the reactor thread may go without a turn before the watchdog logs "
             "the stall with the blocking call's stack (none or 0: off)."),

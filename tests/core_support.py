@@ -264,3 +264,20 @@ def report(values: int, gap: float) -> str:
             time.sleep(gap)
         progress((i, time.time()))
     return "done"
+
+
+def sleep_after_writing_pid(path: str, seconds: float) -> None:
+    """Write this process's pid to ``path``, then sleep ``seconds``."""
+    with open(path, "w") as f:
+        f.write(str(os.getpid()))
+    time.sleep(seconds)
+
+
+def pid_in(path: str) -> int | None:
+    """The pid written in ``path`` by :func:`sleep_after_writing_pid`, once it is there."""
+    try:
+        with open(path) as f:
+            text = f.read()
+    except FileNotFoundError:
+        return None
+    return int(text) if text else None

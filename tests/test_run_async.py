@@ -58,7 +58,8 @@ class SourceStrings(s.PoolTestCase):
     def test_source_runs_in_a_worker_process(self):
         worker_pid = yield procpool.run_async("import os\n_return(os.getpid())")
         self.assertNotEqual(worker_pid, os.getpid())
-        self.assertIn(worker_pid, self.pool.stats()["pids"])
+        if procpool.stats()["backend"] == "local":  # Ray's workers are not the pool's to list
+            self.assertIn(worker_pid, self.pool.stats()["pids"])
 
     @defer.inlineCallbacks
     def test_source_string_runs_exactly_once_when_it_raises(self):

@@ -1,0 +1,509 @@
+"""
+The Ray backend: the same ``run_async`` on a Ray cluster (``PROCPOOL_BACKEND = "ray"``).
+
+    run_async(f, *a, **kw)                  reactor thread (procpool/api.py): checks, pickles
+        |
+        v
+    RayPool._submit: payload cap, in-flight bound, the time limit's timer
+        |
+        v
+    _Link.calls (FIFO) --- one thread, "procpool-ray", makes every Ray call: ray.init,
+        |                  remote(...), ray.cancel(force=True), ray.cluster_resources
+        v
+    Ray cluster: workers.ray_task.run(kind, payload, cap, init) in a Ray worker process
+        |              answers with the same box bytes a local worker writes
+        v
+    Ray's own thread: the ObjectRef's future is done -> reactor.callFromThread(_settle, ...)
+        |
+        v
+    reactor thread: the box -> result or rebuilt exception; at_return / at_err
+
+The reactor thread never calls into Ray, so it never waits on it (no
+``ray.get`` there, no polling): it hands calls to the link's thread and
+hears back through ``callFromThread``. ``import ray`` itself happens in that
+thread, so a game that does not choose Ray never imports it. One process
+has one Ray connection (Ray's own rule), so the link is process-wide and
+outlives a stopped pool; Ray closes it at exit. What differs from the local
+pool is listed in docs/scale-out.md.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import queue
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+from twisted.internet import defer
+from twisted.logger import Logger
+
+from procpool import _codec, settings
+from procpool._supply import PoolState as _State
+from procpool.errors import (
+    PayloadTooLarge,
+    PoolBusy,
+    PoolStopped,
+    ProcPoolTimeout,
+    RemoteError,
+    SettingError,
+    WorkerCrashed,
+    WorkerStartError,
+)
+from procpool.results import _chain
+from workers import wire
+
+__all__ = ["RayPool"]
+
+log = Logger()
+
+_LATENCIES = 2048
+_COUNTERS = ("tasks_done", "tasks_failed", "tasks_timed_out", "tasks_crashed",
+             "tasks_cancelled", "tasks_rejected", "tasks_moved", "workers_started",
+             "workers_crashed", "workers_recycled", "workers_failed_to_start")
+_RESOURCES_EVERY = 5.0  # seconds between looks at the cluster's CPU count (for stats)
+
+
+class _Task:
+    """One task handed to Ray; settled once, by its answer, its time limit, a cancel or stop."""
+
+    __slots__ = ("kind", "payload", "timeout", "deferred", "submitted", "ref", "timer")
+
+    def __init__(self, kind: bytes, payload: bytes, timeout: float | None,
+                 deferred: defer.Deferred) -> None:
+        self.kind, self.payload, self.timeout, self.deferred = kind, payload, timeout, deferred
+        self.submitted = time.perf_counter()
+        self.ref: Any = None    # the ObjectRef, set in the link's thread
+        self.timer: Any = None  # the time limit's DelayedCall
+
+
+class _Link:
+    """
+    This process's connection to a Ray cluster and the one thread that
+    makes Ray calls. Work goes in with :meth:`call`; answers come back to
+    the reactor with ``callFromThread``.
+    """
+
+    def __init__(self, reactor: Any, address: str) -> None:
+        self.reactor, self.address = reactor, address
+        self.remote: Any = None      # workers.ray_task.run as a Ray remote function
+        self.error: BaseException | None = None
+        self.cpus = 0
+        self.resources_at = 0.0
+        self.calls: queue.SimpleQueue[tuple[Callable[..., Any], tuple[Any, ...]] | None] = (
+            queue.SimpleQueue())
+        self.thread = threading.Thread(target=self._serve, name="procpool-ray", daemon=True)
+        self.thread.start()
+
+    def call(self, function: Callable[..., Any], *args: Any) -> None:
+        """Run ``function(*args)`` in the link's thread, after the calls already asked for."""
+        self.calls.put((function, args))
+
+    def _serve(self) -> None:
+        while True:
+            item = self.calls.get()
+            if item is None:
+                return
+            function, args = item
+            try:
+                function(*args)
+            except BaseException:  # noqa: BLE001 - the thread must go on
+                self.reactor.callFromThread(log.failure, "procpool's Ray thread: a call failed")
+
+    # -- in the link's thread ---------------------------------------------
+
+    def connect(self, then: Callable[[BaseException | None], Any]) -> None:
+        """Connect (or start a local cluster); ``then(error or None)`` in the reactor."""
+        if self.remote is None and self.error is None:
+            try:
+                self._connect()
+            except BaseException as exc:  # noqa: BLE001 - reported to the reactor
+                self.error = exc
+        self.reactor.callFromThread(then, self.error)
+
+    def _connect(self) -> None:
+        loopback = _on_loopback(self.address)
+        if loopback:
+            # Keep this driver (and a cluster started here) on 127.0.0.1: without
+            # this Ray moves a loopback address to the machine's outward interface.
+            os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+        import ray
+        if loopback:
+            from ray._private import ray_constants  # read when Ray was imported: set it too
+            ray_constants.ENABLE_RAY_CLUSTER = False
+
+        from workers import ray_task
+        if not ray.is_initialized():  # else the game's own ray.init() is used as it is
+            options: dict[str, Any] = {"include_dashboard": False}
+            if self.address == "local":
+                options.update(address="local", _node_ip_address="127.0.0.1")
+            else:
+                options["address"] = self.address
+            ray.init(**options)
+        self.remote = ray.remote(max_retries=0, num_cpus=1)(ray_task.run).options(
+            name="procpool")
+        self.look_at_resources()
+
+    def look_at_resources(self) -> None:
+        """Note the cluster's CPU count (for stats); at most every few seconds."""
+        now = time.monotonic()
+        if self.remote is None or now - self.resources_at < _RESOURCES_EVERY:
+            return
+        import ray
+        self.resources_at = now
+        self.cpus = int(ray.cluster_resources().get("CPU", 0))
+
+    def send(self, pool: RayPool, task: _Task, cap: int, init: str | None) -> None:
+        """Hand one task to Ray; its end comes back through the ObjectRef's future."""
+        if task.deferred.called:  # cancelled or timed out before it was sent
+            return
+        if self.remote is None:
+            self.reactor.callFromThread(pool._unsent, task, self.error)
+            return
+        try:
+            ref = self.remote.remote(task.kind, task.payload, cap, init)
+        except BaseException as exc:  # noqa: BLE001 - the task fails, not the thread
+            self.reactor.callFromThread(pool._unsent, task, exc)
+            return
+        task.ref, task.payload = ref, b""
+        callback = self.reactor.callFromThread
+        ref.future().add_done_callback(lambda future: callback(pool._settle, task, future))
+
+    def cancel(self, task: _Task) -> None:
+        """Force-cancel a sent task: Ray ends the worker process running it."""
+        if task.ref is None:
+            return
+        import ray
+        try:
+            ray.cancel(task.ref, force=True)
+        except Exception as exc:  # noqa: BLE001 - e.g. it finished meanwhile
+            self.reactor.callFromThread(log.debug, "ray.cancel: {error!r}", error=exc)
+
+
+def _on_loopback(address: str) -> bool:
+    """Is ``address`` ('local', 'host:port', 'ray://host:port') this machine's loopback?"""
+    if address == "local":
+        return True
+    host = address.split("://", 1)[-1].rsplit(":", 1)[0].strip("[]")
+    return host in ("localhost", "::1") or host.startswith("127.")
+
+
+_link: _Link | None = None
+
+
+def _link_for(reactor: Any, address: str) -> _Link:
+    global _link
+    if _link is None:
+        _link = _Link(reactor, address)
+    elif _link.address != address:
+        raise SettingError(f"this process is connected to the Ray cluster at "
+                           f"{_link.address!r}; Ray allows one cluster per process, so "
+                           f"PROCPOOL_RAY_ADDRESS={address!r} cannot be used until it restarts")
+    return _link
+
+
+class RayPool:
+    """
+    The Ray backend, with the local pool's interface (``start``, ``stop``,
+    ``stats``, ``_submit``), chosen by ``PROCPOOL_BACKEND = "ray"``::
+
+        procpool.configure(PROCPOOL_BACKEND="ray", PROCPOOL_RAY_ADDRESS="auto")
+        procpool.run_async(render_map, area).addCallback(show)
+
+    ``PROCPOOL_RAY_ADDRESS`` is ``local`` (start a cluster of this machine,
+    on 127.0.0.1; the default), ``auto`` (the cluster ``ray start`` began
+    here), ``host:port`` (a cluster's head) or ``ray://host:10001`` (Ray
+    client). ``clock`` (default: the reactor) times the time limits.
+    """
+
+    backend = "ray"
+
+    def __init__(self, *, reactor: Any = None, clock: Any = None) -> None:
+        if reactor is None:
+            from twisted.internet import reactor as global_reactor
+            reactor = global_reactor
+        self.reactor = reactor
+        self.clock = clock if clock is not None else reactor
+        values = settings.snapshot()
+        self.address: str = values["PROCPOOL_RAY_ADDRESS"]
+        self.max_payload: int = values["PROCPOOL_MAX_PAYLOAD"]
+        self.max_in_flight: int = values["PROCPOOL_MAX_QUEUE"]
+        self.init: str | None = values["PROCPOOL_WORKER_INIT"]
+        self.start_timeout: float = values["PROCPOOL_START_TIMEOUT"]
+        self.state = _State.NEW
+        self.counters = dict.fromkeys(_COUNTERS, 0)
+        self._link: _Link | None = None
+        self._tasks: dict[defer.Deferred, _Task] = {}
+        self._started: defer.Deferred | None = None
+        self._stopped: defer.Deferred | None = None
+        self._stop_kill: Any = None
+        self._shutdown_trigger: Any = None
+        self._latencies: deque[float] = deque(maxlen=_LATENCIES)
+        self.canceller = self._cancel
+
+    # -- lifecycle -------------------------------------------------------
+
+    def start(self) -> defer.Deferred:
+        """
+        Connect to the cluster (or start a local one) in the link's thread;
+        fires once a first no-op task has answered, or fails with
+        :class:`WorkerStartError` saying why Ray could not be reached.
+        """
+        if self.state in (_State.STOPPING, _State.STOPPED):
+            return defer.fail(PoolStopped("a stopped pool cannot be started again"))
+        if self._started is not None:
+            return _chain(self._started)
+        self.state = _State.RUNNING
+        self._started = defer.Deferred()
+        self._shutdown_trigger = self.reactor.addSystemEventTrigger(
+            "before", "shutdown", lambda: self.stop(settings.get("PROCPOOL_STOP_GRACE")))
+        try:
+            self._link = _link_for(self.reactor, self.address)
+        except SettingError:
+            self._started.errback()
+            return _chain(self._started)
+        self._link.call(self._link.connect, self._connected)
+        overdue = self.clock.callLater(self.start_timeout, self._start_overdue)
+        self._started.addBoth(lambda result: (overdue.cancel() if overdue.active() else None,
+                                              result)[1])
+        log.info("procpool: tasks run on the Ray cluster at {address}; sandboxed runs and "
+                 "use_thread stay on this machine", address=self.address)
+        return _chain(self._started)
+
+    def _start_overdue(self) -> None:
+        if self._started is not None and not self._started.called:
+            self._started.errback(WorkerStartError(
+                f"the Ray cluster at {self.address!r} did not run a first task within "
+                f"PROCPOOL_START_TIMEOUT ({self.start_timeout:g} s)"))
+
+    def _connected(self, error: BaseException | None) -> None:
+        started = self._started
+        if error is not None:
+            if started is not None and not started.called:
+                started.errback(WorkerStartError(
+                    f"could not reach the Ray cluster at {self.address!r}: {error!r}"))
+            return
+        warm = self._submit(b"c", pickle.dumps((int, (), {})), None)
+        warm.addCallbacks(lambda _: started.callback(None) if not started.called else None,
+                          lambda f: started.errback(f) if not started.called else None)
+
+    def stop(self, grace: float = 10.0) -> defer.Deferred:
+        """
+        Stop taking tasks; those sent get ``grace`` seconds, then are
+        force-cancelled on the cluster and fail with :class:`PoolStopped`.
+        Fires when every task has settled. The process's Ray connection stays
+        (Ray allows one per process and closes it at exit).
+        """
+        if self._stopped is not None:
+            return _chain(self._stopped)
+        self._stopped = defer.Deferred()
+        self.state = _State.STOPPING
+        if self._shutdown_trigger is not None:
+            try:
+                self.reactor.removeSystemEventTrigger(self._shutdown_trigger)
+            except (ValueError, KeyError, TypeError):
+                pass
+            self._shutdown_trigger = None
+        if self._tasks and grace is not None:
+            self._stop_kill = self.clock.callLater(grace, self._kill_remaining)
+        self._maybe_stopped()
+        return _chain(self._stopped)
+
+    def _kill_remaining(self) -> None:
+        self._stop_kill = None
+        for task in list(self._tasks.values()):
+            self._end(task, PoolStopped("the pool was stopped while the task was running"))
+            self._link.call(self._link.cancel, task)  # type: ignore[union-attr]
+        self._maybe_stopped()
+
+    def _maybe_stopped(self) -> None:
+        if self.state is not _State.STOPPING or self._tasks:
+            return
+        self.state = _State.STOPPED
+        if self._stop_kill is not None and self._stop_kill.active():
+            self._stop_kill.cancel()
+        if self._stopped is not None and not self._stopped.called:
+            self._stopped.callback(None)
+
+    # -- submitting ------------------------------------------------------
+
+    def _submit(self, kind: bytes, payload: bytes, timeout: float | None,
+                deferred: defer.Deferred | None = None,
+                on_progress: Any = None) -> defer.Deferred:
+        """Hand one serialised task to Ray (the local pool's ``_submit``, same rules)."""
+        if on_progress is not None:
+            raise TypeError("at_progress is not available on the Ray backend "
+                            "(PROCPOOL_BACKEND='ray'); the task's result still arrives")
+        d = deferred if deferred is not None else defer.Deferred(self._cancel)
+        if self.state is not _State.RUNNING:
+            if self.state is not _State.NEW:
+                d.errback(PoolStopped())
+                return d
+            self.start().addErrback(
+                lambda f: log.failure("procpool could not reach the Ray cluster", f))
+        if len(payload) > self.max_payload:
+            raise PayloadTooLarge("the task's arguments", len(payload), self.max_payload)
+        if len(self._tasks) >= self.max_in_flight:
+            self.counters["tasks_rejected"] += 1
+            d.errback(PoolBusy("PROCPOOL_MAX_QUEUE", self.max_in_flight, len(self._tasks),
+                               "tasks"))
+            return d
+        task = _Task(kind, payload, timeout, d)
+        self._tasks[d] = task
+        if timeout:
+            task.timer = self.clock.callLater(timeout, self._expire, task)
+        link = self._link
+        link.call(link.send, self, task, self.max_payload, self.init)  # type: ignore[union-attr]
+        return d
+
+    # -- endings (reactor thread) -------------------------------------------
+
+    def _end(self, task: _Task, error: BaseException | None = None, result: Any = None) -> None:
+        """Settle ``task`` once: with ``error`` if given, else with ``result``."""
+        if self._tasks.pop(task.deferred, None) is None:
+            return
+        if task.timer is not None and task.timer.active():
+            task.timer.cancel()
+        self._latencies.append(time.perf_counter() - task.submitted)
+        if error is None:
+            task.deferred.callback(result)
+        else:
+            task.deferred.errback(error)
+
+    def _settle(self, task: _Task, future: Any) -> None:
+        """The task's ObjectRef is done: its answer box, or Ray's error."""
+        if task.deferred not in self._tasks:
+            return  # settled already (time limit, cancel, stop)
+        try:
+            data = future.result()
+        except BaseException as exc:  # noqa: BLE001 - Ray's errors, mapped below
+            error = _ray_error(exc)
+            self.counters["tasks_crashed" if isinstance(error, WorkerCrashed)
+                          else "tasks_failed"] += 1
+            self._end(task, error)
+        else:
+            self._answered(task, data)
+        self._maybe_stopped()
+
+    def _answered(self, task: _Task, data: bytes) -> None:
+        box = next(iter(wire.BoxParser().feed(data)), None)
+        if box is None:
+            self.counters["tasks_failed"] += 1
+            self._end(task, RemoteError("unknown", "the Ray task's answer could not be read"))
+            return
+        payload = wire.join_value(box, b"p")
+        if b"_answer" not in box:
+            self.counters["tasks_failed"] += 1
+            self._end(task, _codec.rebuild_error(box, payload))
+            return
+        try:
+            result = pickle.loads(payload)
+        except Exception as exc:
+            self.counters["tasks_failed"] += 1
+            self._end(task, _codec.unloadable_result(exc))
+        else:
+            self.counters["tasks_done"] += 1
+            self._end(task, result=result)
+
+    def _unsent(self, task: _Task, error: BaseException | None) -> None:
+        """Ray refused the task, or was never reached."""
+        self.counters["tasks_failed"] += 1
+        self._end(task, WorkerStartError(f"the task could not be handed to the Ray cluster at "
+                                         f"{self.address!r}: {error!r}"))
+        self._maybe_stopped()
+
+    def _expire(self, task: _Task) -> None:
+        task.timer = None
+        if task.deferred not in self._tasks:
+            return
+        self.counters["tasks_timed_out"] += 1
+        self._end(task, ProcPoolTimeout(task.timeout or 0.0, killed="it was force-cancelled "
+                                        "on the Ray cluster (its worker process ended)"))
+        self._link.call(self._link.cancel, task)  # type: ignore[union-attr]
+        self._maybe_stopped()
+
+    def _cancel(self, deferred: defer.Deferred) -> None:
+        """``Deferred.cancel()``: force-cancel on the cluster; the Deferred fails CancelledError."""
+        task = self._tasks.pop(deferred, None)
+        if task is None:
+            return
+        if task.timer is not None and task.timer.active():
+            task.timer.cancel()
+        self.counters["tasks_cancelled"] += 1
+        self._link.call(self._link.cancel, task)  # type: ignore[union-attr]
+        self.reactor.callLater(0, self._maybe_stopped)
+
+    # -- figures ---------------------------------------------------------
+
+    def stats(self) -> dict[str, Any]:
+        """
+        The local pool's figures, for the Ray backend: ``workers`` is the
+        cluster's CPU count (looked at every few seconds), ``in_flight`` the
+        tasks handed to Ray and not settled; ``backend`` and ``address``
+        say where they run::
+
+            procpool.stats()["backend"]      # "ray"
+        """
+        link = self._link
+        if link is not None:
+            link.call(link.look_at_resources)
+        cpus = link.cpus if link is not None else 0
+        flying = len(self._tasks)
+        latencies = sorted(self._latencies)
+        figures: dict[str, Any] = {
+            "backend": "ray", "address": self.address, "state": self.state.value,
+            "workers": cpus, "busy": min(flying, cpus), "idle": max(0, cpus - flying),
+            "starting": 0, "queued": max(0, flying - cpus), "queued_bytes": 0,
+            "in_flight": flying, "pids": [], **self.counters,
+        }
+        for name, q in (("latency_p50_ms", 0.5), ("latency_p99_ms", 0.99)):
+            figures[name] = (round(latencies[min(len(latencies) - 1, int(q * len(latencies)))]
+                                   * 1000, 3) if latencies else None)
+        return figures
+
+
+def _ray_error(exc: BaseException) -> BaseException:
+    """What a failed ObjectRef means for the task: a crash, or the runner's own failure."""
+    from ray import exceptions as rx
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    if isinstance(exc, rx.RayTaskError):
+        # workers.ray_task.run itself failed: procpool is not importable on the node, say.
+        cause = getattr(exc, "cause", None)
+        name = type(cause).__name__ if cause is not None else type(exc).__name__
+        return RemoteError(name, f"the Ray task could not run procpool's runner: {cause or first}",
+                           str(exc))
+    if isinstance(exc, rx.TaskCancelledError):
+        return WorkerCrashed(None, how="was cancelled on the Ray cluster by someone other than "
+                                       "procpool")
+    if isinstance(exc, rx.RayError):
+        return WorkerCrashed(None, how=f"on the Ray cluster died while running the task "
+                                       f"({type(exc).__name__}: {first[:300]})")
+    return RemoteError(type(exc).__name__, str(exc))
+
+
+def _disconnect(patience: float = 30.0) -> None:
+    """
+    End this process's Ray connection (``ray.shutdown()`` in the link's
+    thread) and the thread; the next RayPool connects afresh. For tests and
+    tools that end a cluster they started: call it with no pool running.
+    """
+    global _link
+    link, _link = _link, None
+    if link is None:
+        return
+    done = threading.Event()
+
+    def shut_down() -> None:
+        try:
+            if link.remote is not None:
+                import ray
+                ray.shutdown()
+        finally:
+            done.set()
+
+    link.call(shut_down)
+    link.calls.put(None)
+    done.wait(patience)

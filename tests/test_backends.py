@@ -1,0 +1,198 @@
+"""
+One contract, two backends: the same tests against the local process pool and
+against a real local Ray cluster (``PROCPOOL_BACKEND = "ray"``).
+
+Each contract class runs twice: as itself (the local pool) and mixed with
+:class:`tests.ray_support.OnRay`. The run_async tests of
+tests/test_run_async.py (source strings, callables, callbacks) run on Ray
+here too, unchanged. The cluster is started once for this module, on
+127.0.0.1 only, and ended by its own processes afterwards.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+
+import pytest
+from twisted.internet import defer, task
+
+import procpool
+from procpool import PayloadTooLarge, ProcPoolTimeout, WorkerCrashed
+from tests import core_support as s
+from tests import ray_support
+from tests import test_run_async as run_async_tests
+
+MiB = 1024 * 1024
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _ray_cluster_for_this_module():
+    yield
+    ray_support.stop_cluster()
+
+
+class Contract(s.PoolTestCase):
+    """What run_async promises on any backend."""
+
+    backend = "local"
+    extra_settings = {"PROCPOOL_MAX_PAYLOAD": MiB}
+
+    def test_stats_report_the_backend(self):
+        self.assertEqual(procpool.stats()["backend"], self.backend)
+
+    @defer.inlineCallbacks
+    def test_the_task_runs_in_another_process(self):
+        self.assertNotEqual((yield procpool.run_async(s.pid)), os.getpid())
+
+    @defer.inlineCallbacks
+    def test_a_remote_exception_is_rebuilt_as_its_type_with_the_remote_traceback(self):
+        with self.assertRaises(KeyError) as caught:
+            yield procpool.run_async(s.raise_keyerror)
+        self.assertIn("raise_keyerror", caught.exception.remote_traceback)
+
+    @defer.inlineCallbacks
+    def test_the_time_limit_kills_the_process_running_the_task(self):
+        path = self.mktemp()
+        started = time.monotonic()
+        with self.assertRaises(ProcPoolTimeout) as caught:
+            yield procpool.run_async(s.sleep_after_writing_pid, path, 60, proc_timeout=1)
+        self.assertLess(time.monotonic() - started, 2.0)
+        self.assertIn("1 s", str(caught.exception))
+        ran_in = s.pid_in(path)
+        self.assertIsNotNone(ran_in)
+        gone = yield s.wait_until(lambda: not s.alive(ran_in), 10)
+        self.assertTrue(gone, f"process {ran_in} outlived its task's time limit")
+        self.assertEqual(procpool.stats()["tasks_timed_out"], 1)
+
+    @defer.inlineCallbacks
+    def test_cancelling_the_deferred_kills_the_process_running_the_task(self):
+        path = self.mktemp()
+        d = procpool.run_async(s.sleep_after_writing_pid, path, 60)
+        yield s.wait_until(lambda: s.pid_in(path) is not None, 30)
+        ran_in = s.pid_in(path)
+        self.assertIsNotNone(ran_in, "the task never started")
+        d.cancel()
+        with self.assertRaises(defer.CancelledError):
+            yield d
+        gone = yield s.wait_until(lambda: not s.alive(ran_in), 10)
+        self.assertTrue(gone, f"process {ran_in} outlived the cancel")
+        self.assertEqual(procpool.stats()["tasks_cancelled"], 1)
+
+    @defer.inlineCallbacks
+    def test_a_task_whose_worker_dies_fails_alone(self):
+        others = [procpool.run_async(s.add, i, 1) for i in range(5)]
+        with self.assertRaises(WorkerCrashed):
+            yield procpool.run_async(s.exit_now, 3)
+        self.assertEqual((yield defer.gatherResults(others)), [1, 2, 3, 4, 5])
+        self.assertEqual((yield procpool.run_async(s.add, 2, 2)), 4)
+        self.assertEqual(procpool.stats()["tasks_crashed"], 1)
+
+    def test_an_argument_over_the_payload_cap_is_refused_at_once(self):
+        with self.assertRaises(PayloadTooLarge) as caught:
+            procpool.run_async(s.echo, b"x" * (2 * MiB))
+        self.assertEqual(caught.exception.cap, MiB)
+
+    @defer.inlineCallbacks
+    def test_a_result_over_the_payload_cap_fails_with_payload_too_large(self):
+        with self.assertRaises(PayloadTooLarge) as caught:
+            yield procpool.run_async(s.sized, 2 * MiB)
+        self.assertEqual(caught.exception.cap, MiB)
+        self.assertEqual(len((yield procpool.run_async(s.sized, MiB // 2))), MiB // 2)
+
+    @defer.inlineCallbacks
+    def test_use_thread_stays_in_this_process(self):
+        self.assertEqual((yield procpool.run_async(s.pid, use_thread=True)), os.getpid())
+
+    @defer.inlineCallbacks
+    def test_a_sandboxed_run_stays_on_this_machine_and_answers(self):
+        self.assertEqual((yield procpool.run_async("_return(6 * 7)", sandbox=True)), 42)
+
+
+class ContractOnRay(ray_support.OnRay, Contract):
+    """The contract, on a real local Ray cluster."""
+
+    def test_at_progress_is_refused_at_once_on_ray(self):
+        with self.assertRaises(TypeError) as caught:
+            procpool.run_async(s.add, 1, at_progress=print)
+        self.assertIn("Ray", str(caught.exception))
+
+    def test_every_endpoint_of_the_cluster_and_this_driver_is_on_loopback(self):
+        listening = ray_support.cluster().listening()
+        self.assertTrue(listening, "found no listening socket of the cluster")
+        outward = [(address, pid) for address, pid in listening
+                   if not address.startswith(("127.", "[::ffff:127.", "[::1]"))]
+        self.assertEqual(outward, [])
+
+    @defer.inlineCallbacks
+    def test_results_reach_the_reactor_with_lag_under_5_ms_while_1000_tasks_are_in_flight(self):
+        lags: list[float] = []
+        last = [time.perf_counter()]
+
+        def beat() -> None:
+            now = time.perf_counter()
+            lags.append(now - last[0] - 0.005)
+            last[0] = now
+
+        pending = [procpool.run_async(s.sleep, 0.005) for _ in range(1000)]
+        self.assertGreaterEqual(procpool.stats()["in_flight"], 900)
+        heartbeat = task.LoopingCall(beat)
+        last[0] = time.perf_counter()
+        heartbeat.start(0.005, now=False)
+        results = yield defer.gatherResults(pending)
+        heartbeat.stop()
+        self.assertEqual(len(results), 1000)
+        lags.sort()
+        p99 = lags[int(0.99 * (len(lags) - 1))]
+        self.assertGreater(len(lags), 50)
+        self.assertLess(p99, 0.005, f"reactor lag p99 {p99 * 1000:.1f} ms")
+
+    @defer.inlineCallbacks
+    def test_the_reactor_thread_never_calls_into_ray(self):
+        import ray
+        calls: list[str] = []
+        real = ray.cancel
+
+        def watched(*args, **kwargs):
+            calls.append(threading.current_thread().name)
+            return real(*args, **kwargs)
+
+        ray.cancel = watched
+        self.addCleanup(setattr, ray, "cancel", real)
+        with self.assertRaises(ProcPoolTimeout):
+            yield procpool.run_async(s.sleep, 30, proc_timeout=0.5)
+        yield s.wait_until(lambda: calls, 5)
+        self.assertEqual(calls, ["procpool-ray"])
+
+
+class SourceStringsOnRay(ray_support.OnRay, run_async_tests.SourceStrings):
+    """tests/test_run_async.py's source string tests, on Ray."""
+
+
+class CallablesOnRay(ray_support.OnRay, run_async_tests.Callables):
+    """tests/test_run_async.py's callable tests, on Ray."""
+
+
+class CallbacksOnRay(ray_support.OnRay, run_async_tests.Callbacks):
+    """tests/test_run_async.py's callback tests, on Ray."""
+
+
+def test_ray_is_not_imported_unless_chosen():
+    script = textwrap.dedent("""
+        import sys
+        from twisted.internet import reactor
+        import procpool
+        def go():
+            d = procpool.run_async(pow, 2, 5)
+            d.addCallback(lambda r: print(r, "ray" in sys.modules))
+            d.addBoth(lambda _: procpool.stop()).addBoth(lambda _: reactor.stop())
+        reactor.callWhenRunning(go)
+        reactor.run()
+    """)
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                         timeout=60)
+    assert out.stdout.split() == ["32", "False"], out.stderr[-2000:]
