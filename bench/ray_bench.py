@@ -1,0 +1,163 @@
+"""
+The Ray backend beside the local pool and plain Ray, run by hand (not by CI).
+
+Starts one local Ray cluster on 127.0.0.1 (2 CPUs; ended by its own
+processes afterwards), then runs each system in a fresh interpreter, the
+repetitions interleaved, and prints medians:
+
+- ``procpool``: the local process pool (2 workers) through ``run_async``;
+- ``procpool-ray``: ``run_async`` with ``PROCPOOL_BACKEND = "ray"`` on the cluster;
+- ``ray``: plain Ray, ``ray.get(f.remote(x))`` (``max_retries=0``, ``num_cpus=1``, as
+  procpool's backend asks).
+
+Figures: start (connect or start, to the first result), round trip p50/p99
+in microseconds, 20,000 no-ops per second, a 1 MiB echo in MiB per second;
+the goal is the backend's overhead over plain Ray under 10% on round trip
+and throughput::
+
+    python bench/ray_bench.py [--repeat 3] [--systems procpool,procpool-ray,ray]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+sys.path.insert(0, HERE)
+sys.path.insert(1, ROOT)
+
+ROUND_TRIPS = 1000
+BURST = 20_000
+ECHOES = 30
+MiB = 1024 * 1024
+COLUMNS = [("start_ms", "start ms"), ("rt_p50_us", "p50 us"), ("rt_p99_us", "p99 us"),
+           ("burst_per_s", "20k tasks/s"), ("echo_mib_s", "1 MiB echo MiB/s")]
+
+
+def bench_procpool_ray(address: str) -> dict:
+    """run_async on the Ray backend."""
+    from run import _twisted_bench
+    from tasks import echo, noop
+
+    import procpool
+
+    procpool.configure(PROCPOOL_BACKEND="ray", PROCPOOL_RAY_ADDRESS=address)
+    return _twisted_bench(lambda: procpool.start(), lambda _, i: procpool.run_async(noop, i),
+                          lambda _, data: procpool.run_async(echo, data),
+                          lambda _: procpool.stop())
+
+
+def bench_plain_ray(address: str) -> dict:
+    """Plain Ray: ray.get(f.remote(x)), one at a time, then all at once."""
+    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # stay on loopback
+    import ray
+    from run import _percentiles
+    from tasks import echo, noop
+
+    out: dict = {}
+    t0 = time.perf_counter()
+    ray.init(address=address, include_dashboard=False)
+    remote_noop = ray.remote(max_retries=0, num_cpus=1)(noop)
+    remote_echo = ray.remote(max_retries=0, num_cpus=1)(echo)
+    ray.get(remote_noop.remote(0))
+    out["start_ms"] = (time.perf_counter() - t0) * 1000
+    for i in range(200):
+        ray.get(remote_noop.remote(i))
+    samples = []
+    for i in range(ROUND_TRIPS):
+        t = time.perf_counter()
+        ray.get(remote_noop.remote(i))
+        samples.append(time.perf_counter() - t)
+    out["rt_p50_us"], out["rt_p99_us"] = _percentiles(samples)
+    t = time.perf_counter()
+    ray.get([remote_noop.remote(i) for i in range(BURST)])
+    out["burst_per_s"] = BURST / (time.perf_counter() - t)
+    data = os.urandom(MiB)
+    for _ in range(3):
+        ray.get(remote_echo.remote(data))
+    t = time.perf_counter()
+    for _ in range(ECHOES):
+        back = ray.get(remote_echo.remote(data))
+    assert back == data
+    out["echo_mib_s"] = ECHOES / (time.perf_counter() - t)
+    ray.shutdown()
+    return out
+
+
+def bench_local() -> dict:
+    """The local pool, for comparison on the same machine."""
+    from run import bench_procpool
+    return bench_procpool()
+
+
+SYSTEMS = {"procpool": lambda address: bench_local(), "procpool-ray": bench_procpool_ray,
+           "ray": bench_plain_ray}
+
+
+def _one(name: str, address: str) -> dict:
+    proc = subprocess.run([sys.executable, __file__, "--one", name, "--address", address],
+                          capture_output=True, text=True, timeout=900)
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
+    if proc.returncode or not lines:
+        return {"error": (proc.stderr or proc.stdout)[-3000:]}
+    return json.loads(lines[-1])
+
+
+def main() -> None:
+    """Start the cluster, run the systems interleaved, print the table, end the cluster."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--one", help=argparse.SUPPRESS)
+    parser.add_argument("--address", help=argparse.SUPPRESS)
+    parser.add_argument("--systems", default=",".join(SYSTEMS))
+    parser.add_argument("--repeat", type=int, default=3)
+    args = parser.parse_args()
+    if args.one:
+        print(json.dumps(SYSTEMS[args.one](args.address)))
+        return
+    from tests.ray_support import Cluster
+    print("bench: starting a local Ray cluster on 127.0.0.1 ...", file=sys.stderr, flush=True)
+    cluster = Cluster()
+    try:
+        names = [n for n in args.systems.split(",") if n]
+        runs: dict[str, list[dict]] = {n: [] for n in names}
+        for i in range(args.repeat):
+            for name in names:
+                print(f"bench: {name} run {i + 1}/{args.repeat} ...", file=sys.stderr,
+                      flush=True)
+                runs[name].append(_one(name, cluster.address))
+    finally:
+        cluster.stop()
+    results = {}
+    for name, got in runs.items():
+        good = [r for r in got if "error" not in r]
+        if not good:
+            print(f"{name}: failed\n{got[0]['error']}", file=sys.stderr)
+            continue
+        results[name] = {k: statistics.median(r[k] for r in good) for k, _ in COLUMNS}
+    base = results.get("ray")
+    print(f"\n2 CPUs, warm, medians of {args.repeat} interleaved fresh runs; "
+          f"(x) = ratio to plain Ray\n")
+    print(f"{'system':<14}" + "".join(f"{title:>22}" for _, title in COLUMNS))
+    for name, row in results.items():
+        cells = []
+        for key, _ in COLUMNS:
+            ratio = f" ({row[key] / base[key]:.2f}x)" if base and base[key] else ""
+            cells.append(f"{row[key]:>13,.0f}{ratio:>9}")
+        print(f"{name:<14}" + "".join(cells))
+    backend, plain = results.get("procpool-ray"), results.get("ray")
+    if backend and plain:
+        rt = 100 * (backend["rt_p50_us"] / plain["rt_p50_us"] - 1)
+        tp = 100 * (1 - backend["burst_per_s"] / plain["burst_per_s"])
+        print(f"\nthe backend's overhead over plain Ray: round trip p50 {rt:+.1f}%, "
+              f"throughput {tp:+.1f}% (goal: under 10% each)")
+
+
+if __name__ == "__main__":
+    main()
