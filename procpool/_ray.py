@@ -7,16 +7,20 @@ The Ray backend: the same ``run_async`` on a Ray cluster (``PROCPOOL_BACKEND = "
     RayPool._submit: payload cap, in-flight bound, the time limit's timer
         |
         v
+    the pool's outbox; the first task of a burst asks the link's thread for a send
+        |
+        v
     _Link.calls (FIFO) --- one thread, "procpool-ray", makes every Ray call: ray.init,
         |                  remote(...), ray.cancel(force=True), ray.cluster_resources
         v
-    Ray cluster: workers.ray_task.run(kind, payload, cap, init) in a Ray worker process
+    Ray cluster: workers.ray_task.run(header + kind + payload) in a Ray worker process
         |              answers with the same box bytes a local worker writes
         v
-    Ray's own thread: the ObjectRef's future is done -> reactor.callFromThread(_settle, ...)
-        |
+    Ray's own thread: the ObjectRef is done -> its outcome to the pool's inbox; the first end
+        |              of a batch asks the reactor for a turn (callFromThread)
         v
-    reactor thread: the box -> result or rebuilt exception; at_return / at_err
+    reactor thread: drains the inbox: each box -> result or rebuilt exception;
+                    at_return / at_err
 
 The reactor thread never calls into Ray, so it never waits on it (no
 ``ray.get`` there, no polling): it hands calls to the link's thread and
@@ -54,7 +58,7 @@ from procpool.errors import (
     WorkerStartError,
 )
 from procpool.results import _chain
-from workers import wire
+from workers import limits, ray_task, wire
 
 __all__ = ["RayPool"]
 
@@ -64,17 +68,19 @@ _LATENCIES = 2048
 _COUNTERS = ("tasks_done", "tasks_failed", "tasks_timed_out", "tasks_crashed",
              "tasks_cancelled", "tasks_rejected", "tasks_moved", "workers_started",
              "workers_crashed", "workers_recycled", "workers_failed_to_start")
+_DRAIN_BATCH = 256  # most task ends settled in one reactor turn
 _RESOURCES_EVERY = 5.0  # seconds between looks at the cluster's CPU count (for stats)
 
 
 class _Task:
     """One task handed to Ray; settled once, by its answer, its time limit, a cancel or stop."""
 
-    __slots__ = ("kind", "payload", "timeout", "deferred", "submitted", "ref", "timer")
+    __slots__ = ("kind", "payload", "timeout", "deferred", "submitted", "ref", "timer", "counts")
 
     def __init__(self, kind: bytes, payload: bytes, timeout: float | None,
-                 deferred: defer.Deferred) -> None:
+                 deferred: defer.Deferred, counts: dict[str, int]) -> None:
         self.kind, self.payload, self.timeout, self.deferred = kind, payload, timeout, deferred
+        self.counts = counts    # the pool's counters; a scratch dict for the start's no-op
         self.submitted = time.perf_counter()
         self.ref: Any = None    # the ObjectRef, set in the link's thread
         self.timer: Any = None  # the time limit's DelayedCall
@@ -116,8 +122,12 @@ class _Link:
     # -- in the link's thread ---------------------------------------------
 
     def connect(self, then: Callable[[BaseException | None], Any]) -> None:
-        """Connect (or start a local cluster); ``then(error or None)`` in the reactor."""
-        if self.remote is None and self.error is None:
+        """
+        Connect (or start a local cluster); ``then(error or None)`` in the
+        reactor. After a failed attempt the next pool's start tries again.
+        """
+        if self.remote is None:
+            self.error = None
             try:
                 self._connect()
             except BaseException as exc:  # noqa: BLE001 - reported to the reactor
@@ -135,7 +145,6 @@ class _Link:
             from ray._private import ray_constants  # read when Ray was imported: set it too
             ray_constants.ENABLE_RAY_CLUSTER = False
 
-        from workers import ray_task
         if not ray.is_initialized():  # else the game's own ray.init() is used as it is
             options: dict[str, Any] = {"include_dashboard": False}
             if self.address == "local":
@@ -156,21 +165,28 @@ class _Link:
         self.resources_at = now
         self.cpus = int(ray.cluster_resources().get("CPU", 0))
 
-    def send(self, pool: RayPool, task: _Task, cap: int, init: str | None) -> None:
-        """Hand one task to Ray; its end comes back through the ObjectRef's future."""
-        if task.deferred.called:  # cancelled or timed out before it was sent
-            return
-        if self.remote is None:
-            self.reactor.callFromThread(pool._unsent, task, self.error)
-            return
-        try:
-            ref = self.remote.remote(task.kind, task.payload, cap, init)
-        except BaseException as exc:  # noqa: BLE001 - the task fails, not the thread
-            self.reactor.callFromThread(pool._unsent, task, exc)
-            return
-        task.ref, task.payload = ref, b""
-        callback = self.reactor.callFromThread
-        ref.future().add_done_callback(lambda future: callback(pool._settle, task, future))
+    def send(self, pool: RayPool) -> None:
+        """
+        Hand Ray every task waiting in ``pool``'s outbox (one call of this
+        thread for a burst, not one per task); each task's end comes back
+        through its ObjectRef's callback into the pool's inbox.
+        """
+        pool._sending = False  # before draining: a task put after this asks for a new send
+        outbox, header = pool._outbox, pool._header
+        while outbox:
+            task = outbox.popleft()
+            if task.deferred.called:  # cancelled or timed out before it was sent
+                continue
+            if self.remote is None:
+                self.reactor.callFromThread(pool._unsent, task, self.error)
+                continue
+            try:
+                ref = self.remote.remote(b"".join((header, task.kind, task.payload)))
+            except BaseException as exc:  # noqa: BLE001 - the task fails, not the thread
+                self.reactor.callFromThread(pool._unsent, task, exc)
+                continue
+            task.ref, task.payload = ref, b""
+            _when_done(ref, lambda outcome, task=task: pool._arrived(task, outcome))
 
     def cancel(self, task: _Task) -> None:
         """Force-cancel a sent task: Ray ends the worker process running it."""
@@ -181,6 +197,27 @@ class _Link:
             ray.cancel(task.ref, force=True)
         except Exception as exc:  # noqa: BLE001 - e.g. it finished meanwhile
             self.reactor.callFromThread(log.debug, "ray.cancel: {error!r}", error=exc)
+
+
+def _when_done(ref: Any, callback: Callable[[Any], Any]) -> None:
+    """
+    ``callback(value or exception)`` in a thread of Ray's once ``ref`` is
+    done: through ``ObjectRef._on_completed`` (Ray's own, under ``future()``;
+    10% more tasks a second without the Future between), else ``future()``.
+    """
+    on_completed = getattr(ref, "_on_completed", None)
+    if on_completed is not None:
+        on_completed(callback)
+        return
+
+    def unwrap(future: Any) -> None:
+        try:
+            outcome = future.result()
+        except BaseException as exc:  # noqa: BLE001 - the ref's error is the outcome
+            outcome = exc
+        callback(outcome)
+
+    ref.future().add_done_callback(unwrap)
 
 
 def _on_loopback(address: str) -> bool:
@@ -233,15 +270,27 @@ class RayPool:
         self.max_in_flight: int = values["PROCPOOL_MAX_QUEUE"]
         self.init: str | None = values["PROCPOOL_WORKER_INIT"]
         self.start_timeout: float = values["PROCPOOL_START_TIMEOUT"]
+        self.tune: bool = values["PROCPOOL_TUNE_MALLOC"]
+        self._header = ray_task.header(self.max_payload, self.init, self.tune)
         self.state = _State.NEW
         self.counters = dict.fromkeys(_COUNTERS, 0)
         self._link: _Link | None = None
         self._tasks: dict[defer.Deferred, _Task] = {}
-        self._started: defer.Deferred | None = None
+        self._start_waiters: list[defer.Deferred] = []
+        self._start_done = False
+        self._start_error: Exception | None = None  # why the start failed
+        self._start_timer: Any = None
         self._stopped: defer.Deferred | None = None
         self._stop_kill: Any = None
         self._shutdown_trigger: Any = None
         self._latencies: deque[float] = deque(maxlen=_LATENCIES)
+        # Tasks go to the link's thread, and their ends come back, in batches: the
+        # outbox is drained by one call of that thread (``_sending``: one is asked
+        # for), the inbox by one reactor turn (``_draining``: one is asked for).
+        self._outbox: deque[_Task] = deque()
+        self._sending = False
+        self._inbox: deque[tuple[_Task, Any]] = deque()  # (task, its answer or Ray's error)
+        self._draining = False
         self.canceller = self._cancel
 
     # -- lifecycle -------------------------------------------------------
@@ -254,41 +303,80 @@ class RayPool:
         """
         if self.state in (_State.STOPPING, _State.STOPPED):
             return defer.fail(PoolStopped("a stopped pool cannot be started again"))
-        if self._started is not None:
-            return _chain(self._started)
+        if self.state is _State.RUNNING:
+            return self._start_waiter()
         self.state = _State.RUNNING
-        self._started = defer.Deferred()
+        if self.tune:
+            limits.tune_malloc()
         self._shutdown_trigger = self.reactor.addSystemEventTrigger(
             "before", "shutdown", lambda: self.stop(settings.get("PROCPOOL_STOP_GRACE")))
+        waiter = self._start_waiter()
         try:
             self._link = _link_for(self.reactor, self.address)
-        except SettingError:
-            self._started.errback()
-            return _chain(self._started)
+        except SettingError as exc:
+            self._fail_start(exc)
+            return waiter
         self._link.call(self._link.connect, self._connected)
-        overdue = self.clock.callLater(self.start_timeout, self._start_overdue)
-        self._started.addBoth(lambda result: (overdue.cancel() if overdue.active() else None,
-                                              result)[1])
+        self._start_timer = self.clock.callLater(self.start_timeout, self._start_overdue)
         log.info("procpool: tasks run on the Ray cluster at {address}; sandboxed runs and "
                  "use_thread stay on this machine", address=self.address)
-        return _chain(self._started)
+        return waiter
+
+    def _start_waiter(self) -> defer.Deferred:
+        """A Deferred of the start's outcome (each caller gets its own)."""
+        if self._start_error is not None:
+            return defer.fail(self._start_error)
+        if self._start_done:
+            return defer.succeed(None)
+        waiter: defer.Deferred = defer.Deferred()
+        self._start_waiters.append(waiter)
+        return waiter
+
+    def _start_ended(self, error: Exception | None = None) -> None:
+        """The start's outcome, once: the first no-op answered, or ``error``."""
+        if self._start_done:
+            return
+        self._start_done, self._start_error = True, error
+        if self._start_timer is not None and self._start_timer.active():
+            self._start_timer.cancel()
+        waiters, self._start_waiters = self._start_waiters, []
+        for waiter in waiters:
+            if error is None:
+                waiter.callback(None)
+            else:
+                waiter.errback(error)
 
     def _start_overdue(self) -> None:
-        if self._started is not None and not self._started.called:
-            self._started.errback(WorkerStartError(
-                f"the Ray cluster at {self.address!r} did not run a first task within "
-                f"PROCPOOL_START_TIMEOUT ({self.start_timeout:g} s)"))
+        self._start_timer = None
+        self._fail_start(WorkerStartError(
+            f"the Ray cluster at {self.address!r} did not run a first task within "
+            f"PROCPOOL_START_TIMEOUT ({self.start_timeout:g} s)"))
+
+    def _fail_start(self, error: Exception) -> None:
+        """
+        The cluster could not be reached: the start fails with ``error``; the
+        tasks not yet handed to Ray, and every task asked for from now on (at
+        once), with a :class:`WorkerStartError` saying the same. A new pool
+        (``procpool.stop()``, then a task) tries again.
+        """
+        if self._start_done:
+            return
+        self._start_ended(error)
+        for task in [t for t in self._tasks.values() if t.ref is None]:
+            task.counts["tasks_failed"] += 1
+            self._end(task, WorkerStartError(str(error)))
+        self._maybe_stopped()
 
     def _connected(self, error: BaseException | None) -> None:
-        started = self._started
         if error is not None:
-            if started is not None and not started.called:
-                started.errback(WorkerStartError(
-                    f"could not reach the Ray cluster at {self.address!r}: {error!r}"))
+            self._fail_start(WorkerStartError(
+                f"could not reach the Ray cluster at {self.address!r}: {error!r}"))
             return
-        warm = self._submit(b"c", pickle.dumps((int, (), {})), None)
-        warm.addCallbacks(lambda _: started.callback(None) if not started.called else None,
-                          lambda f: started.errback(f) if not started.called else None)
+        warm = self._submit(b"c", pickle.dumps((int, (), {})), None,
+                            counts=dict.fromkeys(_COUNTERS, 0))
+        warm.addCallbacks(lambda _: self._start_ended(), lambda f: self._fail_start(
+            WorkerStartError(f"the Ray cluster at {self.address!r} could not run a first "
+                             f"task: {f.value!r}")))
 
     def stop(self, grace: float = 10.0) -> defer.Deferred:
         """
@@ -332,8 +420,11 @@ class RayPool:
 
     def _submit(self, kind: bytes, payload: bytes, timeout: float | None,
                 deferred: defer.Deferred | None = None,
-                on_progress: Any = None) -> defer.Deferred:
-        """Hand one serialised task to Ray (the local pool's ``_submit``, same rules)."""
+                on_progress: Any = None, counts: dict[str, int] | None = None) -> defer.Deferred:
+        """
+        Hand one serialised task to Ray (the local pool's ``_submit``, same
+        rules); ``counts``: where its outcome is counted (default: ``stats()``).
+        """
         if on_progress is not None:
             raise TypeError("at_progress is not available on the Ray backend "
                             "(PROCPOOL_BACKEND='ray'); the task's result still arrives")
@@ -346,17 +437,24 @@ class RayPool:
                 lambda f: log.failure("procpool could not reach the Ray cluster", f))
         if len(payload) > self.max_payload:
             raise PayloadTooLarge("the task's arguments", len(payload), self.max_payload)
+        if self._start_error is not None:
+            self.counters["tasks_failed"] += 1
+            d.errback(WorkerStartError(str(self._start_error)))
+            return d
         if len(self._tasks) >= self.max_in_flight:
             self.counters["tasks_rejected"] += 1
             d.errback(PoolBusy("PROCPOOL_MAX_QUEUE", self.max_in_flight, len(self._tasks),
                                "tasks"))
             return d
-        task = _Task(kind, payload, timeout, d)
+        task = _Task(kind, payload, timeout, d, counts if counts is not None else self.counters)
         self._tasks[d] = task
         if timeout:
             task.timer = self.clock.callLater(timeout, self._expire, task)
-        link = self._link
-        link.call(link.send, self, task, self.max_payload, self.init)  # type: ignore[union-attr]
+        self._outbox.append(task)
+        if not self._sending:
+            self._sending = True
+            link = self._link
+            link.call(link.send, self)  # type: ignore[union-attr]
         return d
 
     # -- endings (reactor thread) -------------------------------------------
@@ -367,50 +465,68 @@ class RayPool:
             return
         if task.timer is not None and task.timer.active():
             task.timer.cancel()
-        self._latencies.append(time.perf_counter() - task.submitted)
+        if task.counts is self.counters:  # not the start's no-op
+            self._latencies.append(time.perf_counter() - task.submitted)
         if error is None:
             task.deferred.callback(result)
         else:
             task.deferred.errback(error)
 
-    def _settle(self, task: _Task, future: Any) -> None:
-        """The task's ObjectRef is done: its answer box, or Ray's error."""
+    def _arrived(self, task: _Task, outcome: Any) -> None:
+        """(Ray's thread) ``task``'s ObjectRef is done: queue its outcome for the reactor."""
+        self._inbox.append((task, outcome))
+        if not self._draining:
+            self._draining = True
+            self.reactor.callFromThread(self._drain)
+
+    def _drain(self) -> None:
+        """(Reactor) settle the tasks whose ends arrived, a bounded batch a turn."""
+        self._draining = False  # before draining: an end put after this asks for a new turn
+        inbox = self._inbox
+        for _ in range(_DRAIN_BATCH):
+            if not inbox:
+                return
+            self._settle(*inbox.popleft())
+        if inbox and not self._draining:
+            self._draining = True
+            self.reactor.callLater(0, self._drain)  # the rest next turn: others get theirs
+
+    def _settle(self, task: _Task, outcome: Any) -> None:
+        """The task's ObjectRef is done: its answer box's bytes, or Ray's error."""
         if task.deferred not in self._tasks:
             return  # settled already (time limit, cancel, stop)
-        try:
-            data = future.result()
-        except BaseException as exc:  # noqa: BLE001 - Ray's errors, mapped below
-            error = _ray_error(exc)
-            self.counters["tasks_crashed" if isinstance(error, WorkerCrashed)
-                          else "tasks_failed"] += 1
+        if isinstance(outcome, BaseException):
+            error = _ray_error(outcome)
+            task.counts["tasks_crashed" if isinstance(error, WorkerCrashed)
+                        else "tasks_failed"] += 1
             self._end(task, error)
         else:
-            self._answered(task, data)
+            self._answered(task, outcome)
         self._maybe_stopped()
 
     def _answered(self, task: _Task, data: bytes) -> None:
         box = next(iter(wire.BoxParser().feed(data)), None)
         if box is None:
-            self.counters["tasks_failed"] += 1
+            task.counts["tasks_failed"] += 1
             self._end(task, RemoteError("unknown", "the Ray task's answer could not be read"))
             return
         payload = wire.join_value(box, b"p")
         if b"_answer" not in box:
-            self.counters["tasks_failed"] += 1
+            task.counts["tasks_failed"] += 1
             self._end(task, _codec.rebuild_error(box, payload))
             return
         try:
             result = pickle.loads(payload)
         except Exception as exc:
-            self.counters["tasks_failed"] += 1
+            task.counts["tasks_failed"] += 1
             self._end(task, _codec.unloadable_result(exc))
         else:
-            self.counters["tasks_done"] += 1
+            task.counts["tasks_done"] += 1
             self._end(task, result=result)
 
     def _unsent(self, task: _Task, error: BaseException | None) -> None:
         """Ray refused the task, or was never reached."""
-        self.counters["tasks_failed"] += 1
+        task.counts["tasks_failed"] += 1
         self._end(task, WorkerStartError(f"the task could not be handed to the Ray cluster at "
                                          f"{self.address!r}: {error!r}"))
         self._maybe_stopped()
@@ -419,7 +535,7 @@ class RayPool:
         task.timer = None
         if task.deferred not in self._tasks:
             return
-        self.counters["tasks_timed_out"] += 1
+        task.counts["tasks_timed_out"] += 1
         self._end(task, ProcPoolTimeout(task.timeout or 0.0, killed="it was force-cancelled "
                                         "on the Ray cluster (its worker process ended)"))
         self._link.call(self._link.cancel, task)  # type: ignore[union-attr]
@@ -432,7 +548,7 @@ class RayPool:
             return
         if task.timer is not None and task.timer.active():
             task.timer.cancel()
-        self.counters["tasks_cancelled"] += 1
+        task.counts["tasks_cancelled"] += 1
         self._link.call(self._link.cancel, task)  # type: ignore[union-attr]
         self.reactor.callLater(0, self._maybe_stopped)
 

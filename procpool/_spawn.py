@@ -24,13 +24,12 @@ from typing import Any
 from twisted.logger import Logger
 
 from procpool import settings
+from workers.limits import MMAP_THRESHOLD, TRIM_THRESHOLD, tune_malloc
 
 __all__ = ["make_starter", "tune_malloc"]
 
 log = Logger()
 
-_MMAP_THRESHOLD = 32 * 1024 * 1024
-_TRIM_THRESHOLD = 64 * 1024 * 1024
 #: What a worker's descriptors are: fd 3 carries tasks to it, fd 4 answers back.
 CHILD_FDS = {0: "w", 1: "r", 2: "r", 3: "w", 4: "r"}
 #: The directory holding procpool's own ``procpool``, ``workers`` and ``sandbox``.
@@ -69,8 +68,8 @@ def _environment(max_payload: int, uid: int | None, gid: int | None) -> dict[str
     memory = settings.get("PROCPOOL_MAX_MEMORY")  # the worker's RLIMIT_DATA (workers/limits.py)
     env["PROCPOOL_MAX_MEMORY"] = "" if memory is None else str(memory)
     if settings.get("PROCPOOL_TUNE_MALLOC") and "GLIBC_TUNABLES" not in env:
-        env["GLIBC_TUNABLES"] = (f"glibc.malloc.mmap_threshold={_MMAP_THRESHOLD}:"
-                                 f"glibc.malloc.trim_threshold={_TRIM_THRESHOLD}")
+        env["GLIBC_TUNABLES"] = (f"glibc.malloc.mmap_threshold={MMAP_THRESHOLD}:"
+                                 f"glibc.malloc.trim_threshold={TRIM_THRESHOLD}")
     # The worker drops to PROCPOOL_UID/GID itself once it has started:
     # switching before exec fails wherever that user cannot read the
     # interpreter (a Python under /root, a private virtualenv).
@@ -112,23 +111,3 @@ def _warn_of_hidden_modules(path: list[str]) -> None:
                     log.warn("procpool: {found} is hidden: the top-level name {name!r} is "
                              "procpool's own package in the host and its workers; move it "
                              "into a package of the game or rename it", found=found, name=name)
-
-
-def tune_malloc() -> bool:
-    """
-    Ask glibc to keep freed buffers of up to 32 MiB in the host's heap. By
-    default it returns each big buffer to the kernel and faults it in again
-    on the next big payload: about 1,000 page faults per 1 MiB echo, half the
-    host's CPU time. Measured: 1 MiB echo 270-320 -> 400-590 MiB/s. True if
-    applied. (Workers get the same through GLIBC_TUNABLES.)
-    """
-    if not sys.platform.startswith("linux"):
-        return False
-    try:
-        import ctypes
-        libc = ctypes.CDLL(None)
-        m_trim_threshold, m_mmap_threshold = -1, -3
-        return bool(libc.mallopt(m_mmap_threshold, _MMAP_THRESHOLD)
-                    and libc.mallopt(m_trim_threshold, _TRIM_THRESHOLD))
-    except (OSError, AttributeError):
-        return False

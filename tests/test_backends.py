@@ -110,11 +110,37 @@ class Contract(s.PoolTestCase):
 
     @defer.inlineCallbacks
     def test_a_sandboxed_run_stays_on_this_machine_and_answers(self):
+        yield procpool.run_async(s.add, 1, 1)  # the pool is running
         self.assertEqual((yield procpool.run_async("_return(6 * 7)", sandbox=True)), 42)
+        self.assertEqual(procpool.stats()["tasks_done"], 1)  # not the pool's (nor Ray's) task
 
 
 class ContractOnRay(ray_support.OnRay, Contract):
     """The contract, on a real local Ray cluster."""
+
+    @defer.inlineCallbacks
+    def test_the_operators_stats_name_the_cluster_and_count_its_cpus(self):
+        from procpool.demo.commands import stats_lines
+        yield procpool.run_async(s.add, 1, 1)
+        figures = procpool.stats()
+        self.assertEqual(figures["workers"], 2)  # the tests' cluster has 2 CPUs
+        self.assertEqual(figures["tasks_done"], 1)
+        lines = stats_lines(figures)
+        self.assertEqual(lines[0], f"Pool figures (running, ray backend at "
+                                   f"{ray_support.cluster().address}):")
+        self.assertIn("done 1,", lines[3])
+
+    @defer.inlineCallbacks
+    def test_a_second_cluster_address_in_one_process_is_refused_with_a_setting_error(self):
+        from procpool import SettingError, WorkerStartError
+        yield procpool.stop()
+        procpool.configure(PROCPOOL_RAY_ADDRESS="127.0.0.1:1")
+        with self.assertRaises(SettingError) as caught:
+            yield procpool.start()
+        self.assertIn("one cluster per process", str(caught.exception))
+        with self.assertRaises(WorkerStartError) as failed:
+            yield procpool.run_async(s.add, 1, 1)
+        self.assertIn("127.0.0.1:1", str(failed.exception))
 
     def test_at_progress_is_refused_at_once_on_ray(self):
         with self.assertRaises(TypeError) as caught:
@@ -196,3 +222,41 @@ def test_ray_is_not_imported_unless_chosen():
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
                          timeout=60)
     assert out.stdout.split() == ["32", "False"], out.stderr[-2000:]
+
+
+def test_an_unreachable_cluster_fails_the_start_and_the_tasks_with_the_address():
+    # In a process of its own: Ray keeps trying the address in the link's thread
+    # after procpool has given up, and a process has one Ray connection.
+    if ray_support.ray_command() is None:
+        pytest.skip("Ray is not installed")
+    port = ray_support._free_ports(1)[0]
+    script = textwrap.dedent(f"""
+        import time
+        from twisted.internet import reactor
+        import procpool
+        procpool.configure(PROCPOOL_BACKEND="ray", PROCPOOL_RAY_ADDRESS="127.0.0.1:{port}",
+                           PROCPOOL_START_TIMEOUT=3)
+        began = time.monotonic()
+        def said(failure, who):
+            print(who, type(failure.value).__name__, round(time.monotonic() - began, 1),
+                  "127.0.0.1:{port}" in str(failure.value))
+        def later():
+            procpool.run_async(pow, 2, 6).addErrback(said, "later")
+            reactor.stop()
+        def go():
+            started = procpool.start()
+            started.addErrback(said, "start")
+            task = procpool.run_async(pow, 2, 5)
+            task.addErrback(said, "task")
+            task.addBoth(lambda _: reactor.callLater(0, later))
+        reactor.callWhenRunning(go)
+        reactor.run()
+    """)
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                         timeout=120, env={**os.environ, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"})
+    lines = [line.split() for line in out.stdout.splitlines()]
+    # The start and the waiting task fail at the start timeout; a later task at once.
+    assert [line[:2] for line in lines] == [["start", "WorkerStartError"],
+                                            ["task", "WorkerStartError"],
+                                            ["later", "WorkerStartError"]], out.stderr[-3000:]
+    assert all(2.5 <= float(line[2]) < 6 and line[3] == "True" for line in lines), lines

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import sys
 import traceback
 
 from workers import wire
@@ -74,3 +75,29 @@ def exceeded(ask: bytes, limit: int, text: str) -> list:
     info = wire.ErrorInfo("procpool.errors.MemoryLimitExceeded", message, text,
                           _pickled_error(limit))
     return wire.encode_error(ask, wire.REMOTE, message, pickle.dumps(tuple(info), protocol=5))
+
+
+# Freed buffers up to this size stay in the heap (glibc's mmap and trim thresholds).
+MMAP_THRESHOLD = 32 * 1024 * 1024
+TRIM_THRESHOLD = 64 * 1024 * 1024
+
+
+def tune_malloc() -> bool:
+    """
+    Ask glibc to keep freed buffers of up to 32 MiB in this process's heap.
+    By default it returns each big buffer to the kernel and faults it in
+    again on the next big payload: about 1,000 page faults per 1 MiB echo,
+    half the host's CPU time. Measured: 1 MiB echo 270-320 -> 400-590 MiB/s.
+    True if applied. The host and the Ray backend's workers call it; local
+    workers get the same through GLIBC_TUNABLES (procpool/_spawn.py).
+    """
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        import ctypes
+        libc = ctypes.CDLL(None)
+        m_trim_threshold, m_mmap_threshold = -1, -3
+        return bool(libc.mallopt(m_mmap_threshold, MMAP_THRESHOLD)
+                    and libc.mallopt(m_trim_threshold, TRIM_THRESHOLD))
+    except (OSError, AttributeError):
+        return False

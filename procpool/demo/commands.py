@@ -402,8 +402,10 @@ def stats_lines(figures: dict[str, Any]) -> list[str]:
         return "-" if value is None else f"{value:.2f} ms"
 
     pids = ", ".join(str(pid) for pid in take("pids", [])) or "none"
-    state, backend = take("state", "?"), take("backend")
-    lines = [f"Pool figures ({state}" + (f", {backend} backend):" if backend else "):"),
+    state, backend, address = take("state", "?"), take("backend"), take("address")
+    where = f", {backend} backend" if backend else ""
+    where += f" at {address}" if address else ""
+    lines = [f"Pool figures ({state}{where}):",
              f"  workers:   {take('workers', 0)} (busy {take('busy', 0)}, idle {take('idle', 0)}"
              f", starting {take('starting', 0)}; pids {pids})",
              f"  queue:     {take('queued', 0)} waiting for a worker ({take('queued_bytes', 0)}"
