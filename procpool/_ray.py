@@ -14,12 +14,12 @@ The Ray backend: the same ``run_async`` on a Ray cluster (``PROCPOOL_BACKEND = "
         |                  remote(...), ray.cancel(force=True), ray.cluster_resources
         v
     Ray cluster: workers.ray_task.run(header + kind + payload) in a Ray worker process
-        |              answers with the same box bytes a local worker writes
+        |              answers with the pickled result, or a local worker's error box
         v
     Ray's own thread: the ObjectRef is done -> its outcome to the pool's inbox; the first end
         |              of a batch asks the reactor for a turn (callFromThread)
         v
-    reactor thread: drains the inbox: each box -> result or rebuilt exception;
+    reactor thread: drains the inbox: each answer -> result or rebuilt exception;
                     at_return / at_err
 
 The reactor thread never calls into Ray, so it never waits on it (no
@@ -505,15 +505,16 @@ class RayPool:
         self._maybe_stopped()
 
     def _answered(self, task: _Task, data: bytes) -> None:
-        box = next(iter(wire.BoxParser().feed(data)), None)
-        if box is None:
+        if data[:1] == ray_task.RESULT:
+            payload: Any = memoryview(data)[1:]
+        else:
+            box = next(iter(wire.BoxParser().feed(data)), None)
+            if box is None:
+                task.counts["tasks_failed"] += 1
+                self._end(task, RemoteError("unknown", "the Ray task's answer could not be read"))
+                return
             task.counts["tasks_failed"] += 1
-            self._end(task, RemoteError("unknown", "the Ray task's answer could not be read"))
-            return
-        payload = wire.join_value(box, b"p")
-        if b"_answer" not in box:
-            task.counts["tasks_failed"] += 1
-            self._end(task, _codec.rebuild_error(box, payload))
+            self._end(task, _codec.rebuild_error(box, wire.join_value(box, b"p")))
             return
         try:
             result = pickle.loads(payload)

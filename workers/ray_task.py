@@ -2,10 +2,11 @@
 The worker side of the Ray backend: one task, run in a Ray worker process.
 
 The host (procpool/_ray.py) sends the same ``kind`` and ``payload`` bytes
-it would write into a local worker's pipe; :func:`run` answers with the
-bytes of the same ``_answer`` or ``_error`` box a local worker writes
-(workers/worker.py), so the ``_return`` rules, the payload cap and the
-rebuilding of a remote exception are the local pool's own. Ray needs this
+it would write into a local worker's pipe, behind a short header; the task
+runs as in a local worker (workers/worker.py's :func:`~workers.worker.outcome`),
+and :func:`run` answers with its pickled result, or with the bytes of the
+``_error`` box a local worker would write, so the ``_return`` rules, the
+payload cap and the rebuilding of a remote exception are the local pool's own. Ray needs this
 module importable on every node of its cluster (install procpool there, the
 same version as the game's).
 """
@@ -18,7 +19,7 @@ from typing import Any
 
 from workers import limits, worker
 
-__all__ = ["header", "run"]
+__all__ = ["RESULT", "header", "run"]
 
 # One task is one bytes argument (Ray serialises each argument of a remote call
 # on its own; one instead of five was 10% more tasks a second): the pool's
@@ -26,6 +27,9 @@ __all__ = ["header", "run"]
 #   tune (1 byte: 0/1) | cap (8 bytes, little-endian) | len(init) (2 bytes) | init (UTF-8)
 #   | kind (1 byte: b"c" or b"s") | payload (workers/wire.py's)
 _FIXED = struct.Struct("<BQH")
+# The answer: RESULT and the pickled result, or an error box (workers/wire.py's,
+# which starts with a key's length: its first byte is always 0).
+RESULT = b"\xff"
 
 _initialised: set[str] = set()
 _tuned = False
@@ -39,8 +43,9 @@ def header(cap: int, init: str | None, tune: bool) -> bytes:
 
 def run(task: bytes) -> bytes:
     """
-    Run one task (``header(...) + kind + payload``) and return its answer
-    box's bytes (workers/wire.py), the box a local worker writes. Results
+    Run one task (``header(...) + kind + payload``) and return its answer:
+    :data:`RESULT` and the pickled result, or the bytes of the error box a
+    local worker writes (workers/wire.py). Results
     over the header's ``cap`` bytes become a ``TOO_LARGE`` error. ``init``
     ('module:function', PROCPOOL_WORKER_INIT) runs once per Ray worker
     process, before its first task; if it raises, the task fails with that
@@ -63,7 +68,8 @@ def run(task: bytes) -> bytes:
         except BaseException as exc:  # noqa: BLE001 - reported like the task's own error
             return b"".join(worker._raised(b"", exc, cap))
         _initialised.add(init)
-    return b"".join(worker.answer(b"", kind, payload, cap))
+    data, failed = worker.outcome(b"", kind, payload, cap)
+    return RESULT + data if failed is None else b"".join(failed)
 
 
 def _call(path: str) -> Any:

@@ -132,27 +132,37 @@ def answer(ask: bytes, kind: bytes, payload: bytes, cap: int) -> list:
     PROCPOOL_MAX_MEMORY raises :class:`limits.OverTheLimit` instead, once the
     task's frames (and what they held) are gone.
     """
+    data, failed = outcome(ask, kind, payload, cap)
+    return failed if data is None else wire.encode_box({b"_answer": ask, b"p": data})
+
+
+def outcome(ask: bytes, kind: bytes, payload: Any, cap: int) -> tuple[bytes | None, list | None]:
+    """
+    Run a task: ``(its pickled result, None)``, or ``(None, the error box's
+    parts)`` when it raised, its result does not pickle or is over ``cap``
+    bytes. :func:`answer` frames the result; the Ray backend sends it bare.
+    """
     try:
         result = run_task(kind, payload) if kind in b"cs" else _run_reporting(ask, kind, payload,
                                                                                cap)
     except MemoryError as exc:
         if _memory_limit is None:
-            return _raised(ask, exc, cap)
+            return None, _raised(ask, exc, cap)
         text = limits.traceback_text(exc)
     except BaseException as exc:  # noqa: BLE001 - a task's SystemExit must not end the worker
-        return _raised(ask, exc, cap)
+        return None, _raised(ask, exc, cap)
     else:
         try:
             data = pickling.dumps(result)
         except Exception as exc:
-            return wire.encode_error(ask, wire.UNSERIALIZABLE,
-                                     f"the result, of type {type(result).__name__}, could not "
-                                     f"be serialised: {exc}")
+            return None, wire.encode_error(ask, wire.UNSERIALIZABLE,
+                                           f"the result, of type {type(result).__name__}, "
+                                           f"could not be serialised: {exc}")
         if len(data) > cap:
-            return wire.encode_error(ask, wire.TOO_LARGE,
-                                     "the task's result is over the payload cap",
-                                     size=len(data), cap=cap)
-        return wire.encode_box({b"_answer": ask, b"p": data})
+            return None, wire.encode_error(ask, wire.TOO_LARGE,
+                                           "the task's result is over the payload cap",
+                                           size=len(data), cap=cap)
+        return data, None
     raise limits.OverTheLimit(limits.exceeded(ask, _memory_limit, text))
 
 
