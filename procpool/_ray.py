@@ -413,6 +413,8 @@ class RayPool:
         self.state = _State.STOPPED
         if self._stop_kill is not None and self._stop_kill.active():
             self._stop_kill.cancel()
+        if not self._start_done:  # stopped before the first no-op answered
+            self._start_ended(PoolStopped("the pool was stopped before it had started"))
         if self._stopped is not None and not self._stopped.called:
             self._stopped.callback(None)
 
