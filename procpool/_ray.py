@@ -10,8 +10,8 @@ The Ray backend: the same ``run_async`` on a Ray cluster (``PROCPOOL_BACKEND = "
     the pool's outbox; the first task of a burst asks the link's thread for a send
         |
         v
-    _Link.calls (FIFO) --- one thread, "procpool-ray", makes every Ray call: ray.init,
-        |                  remote(...), ray.cancel(force=True), ray.cluster_resources
+    Link.calls (FIFO, procpool/_ray_link.py) --- one thread, "procpool-ray", makes every
+        |              Ray call: ray.init, remote(...), ray.cancel(force=True), cluster_resources
         v
     Ray cluster: workers.ray_task.run(header + kind + payload) in a Ray worker process
         |              answers with the pickled result, or a local worker's error box
@@ -33,19 +33,16 @@ pool is listed in docs/scale-out.md.
 
 from __future__ import annotations
 
-import os
 import pickle
-import queue
-import threading
 import time
 from collections import deque
-from collections.abc import Callable
 from typing import Any
 
 from twisted.internet import defer
 from twisted.logger import Logger
 
 from procpool import _codec, settings
+from procpool._ray_link import Link, Task, _disconnect, link_for, ray_error
 from procpool._supply import PoolState as _State
 from procpool.errors import (
     PayloadTooLarge,
@@ -57,189 +54,15 @@ from procpool.errors import (
     WorkerCrashed,
     WorkerStartError,
 )
+from procpool.pool import _COUNTERS, _LATENCIES  # the local pool's figures, the same names
 from procpool.results import _chain
 from workers import limits, ray_task, wire
 
-__all__ = ["RayPool"]
+__all__ = ["RayPool", "_disconnect"]
 
 log = Logger()
 
-_LATENCIES = 2048
-_COUNTERS = ("tasks_done", "tasks_failed", "tasks_timed_out", "tasks_crashed",
-             "tasks_cancelled", "tasks_rejected", "tasks_moved", "workers_started",
-             "workers_crashed", "workers_recycled", "workers_failed_to_start")
 _DRAIN_BATCH = 256  # most task ends settled in one reactor turn
-_RESOURCES_EVERY = 5.0  # seconds between looks at the cluster's CPU count (for stats)
-
-
-class _Task:
-    """One task handed to Ray; settled once, by its answer, its time limit, a cancel or stop."""
-
-    __slots__ = ("kind", "payload", "timeout", "deferred", "submitted", "ref", "timer", "counts")
-
-    def __init__(self, kind: bytes, payload: bytes, timeout: float | None,
-                 deferred: defer.Deferred, counts: dict[str, int]) -> None:
-        self.kind, self.payload, self.timeout, self.deferred = kind, payload, timeout, deferred
-        self.counts = counts    # the pool's counters; a scratch dict for the start's no-op
-        self.submitted = time.perf_counter()
-        self.ref: Any = None    # the ObjectRef, set in the link's thread
-        self.timer: Any = None  # the time limit's DelayedCall
-
-
-class _Link:
-    """
-    This process's connection to a Ray cluster and the one thread that
-    makes Ray calls. Work goes in with :meth:`call`; answers come back to
-    the reactor with ``callFromThread``.
-    """
-
-    def __init__(self, reactor: Any, address: str) -> None:
-        self.reactor, self.address = reactor, address
-        self.remote: Any = None      # workers.ray_task.run as a Ray remote function
-        self.error: BaseException | None = None
-        self.cpus = 0
-        self.resources_at = 0.0
-        self.calls: queue.SimpleQueue[tuple[Callable[..., Any], tuple[Any, ...]] | None] = (
-            queue.SimpleQueue())
-        self.thread = threading.Thread(target=self._serve, name="procpool-ray", daemon=True)
-        self.thread.start()
-
-    def call(self, function: Callable[..., Any], *args: Any) -> None:
-        """Run ``function(*args)`` in the link's thread, after the calls already asked for."""
-        self.calls.put((function, args))
-
-    def _serve(self) -> None:
-        while True:
-            item = self.calls.get()
-            if item is None:
-                return
-            function, args = item
-            try:
-                function(*args)
-            except BaseException:  # noqa: BLE001 - the thread must go on
-                self.reactor.callFromThread(log.failure, "procpool's Ray thread: a call failed")
-
-    # -- in the link's thread ---------------------------------------------
-
-    def connect(self, then: Callable[[BaseException | None], Any]) -> None:
-        """
-        Connect (or start a local cluster); ``then(error or None)`` in the
-        reactor. After a failed attempt the next pool's start tries again.
-        """
-        if self.remote is None:
-            self.error = None
-            try:
-                self._connect()
-            except BaseException as exc:  # noqa: BLE001 - reported to the reactor
-                self.error = exc
-        self.reactor.callFromThread(then, self.error)
-
-    def _connect(self) -> None:
-        loopback = _on_loopback(self.address)
-        if loopback:
-            # Keep this driver (and a cluster started here) on 127.0.0.1: without
-            # this Ray moves a loopback address to the machine's outward interface.
-            os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
-        import ray
-        if loopback:
-            from ray._private import ray_constants  # read when Ray was imported: set it too
-            ray_constants.ENABLE_RAY_CLUSTER = False
-
-        if not ray.is_initialized():  # else the game's own ray.init() is used as it is
-            options: dict[str, Any] = {"include_dashboard": False}
-            if self.address == "local":
-                options.update(address="local", _node_ip_address="127.0.0.1")
-            else:
-                options["address"] = self.address
-            ray.init(**options)
-        self.remote = ray.remote(max_retries=0, num_cpus=1)(ray_task.run).options(
-            name="procpool")
-        self.look_at_resources()
-
-    def look_at_resources(self) -> None:
-        """Note the cluster's CPU count (for stats); at most every few seconds."""
-        now = time.monotonic()
-        if self.remote is None or now - self.resources_at < _RESOURCES_EVERY:
-            return
-        import ray
-        self.resources_at = now
-        self.cpus = int(ray.cluster_resources().get("CPU", 0))
-
-    def send(self, pool: RayPool) -> None:
-        """
-        Hand Ray every task waiting in ``pool``'s outbox (one call of this
-        thread for a burst, not one per task); each task's end comes back
-        through its ObjectRef's callback into the pool's inbox.
-        """
-        pool._sending = False  # before draining: a task put after this asks for a new send
-        outbox, header = pool._outbox, pool._header
-        while outbox:
-            task = outbox.popleft()
-            if task.deferred.called:  # cancelled or timed out before it was sent
-                continue
-            if self.remote is None:
-                self.reactor.callFromThread(pool._unsent, task, self.error)
-                continue
-            try:
-                ref = self.remote.remote(b"".join((header, task.kind, task.payload)))
-            except BaseException as exc:  # noqa: BLE001 - the task fails, not the thread
-                self.reactor.callFromThread(pool._unsent, task, exc)
-                continue
-            task.ref, task.payload = ref, b""
-            _when_done(ref, lambda outcome, task=task: pool._arrived(task, outcome))
-
-    def cancel(self, task: _Task) -> None:
-        """Force-cancel a sent task: Ray ends the worker process running it."""
-        if task.ref is None:
-            return
-        import ray
-        try:
-            ray.cancel(task.ref, force=True)
-        except Exception as exc:  # noqa: BLE001 - e.g. it finished meanwhile
-            self.reactor.callFromThread(log.debug, "ray.cancel: {error!r}", error=exc)
-
-
-def _when_done(ref: Any, callback: Callable[[Any], Any]) -> None:
-    """
-    ``callback(value or exception)`` in a thread of Ray's once ``ref`` is
-    done: through ``ObjectRef._on_completed`` (Ray's own, under ``future()``;
-    10% more tasks a second without the Future between), else ``future()``.
-    """
-    on_completed = getattr(ref, "_on_completed", None)
-    if on_completed is not None:
-        on_completed(callback)
-        return
-
-    def unwrap(future: Any) -> None:
-        try:
-            outcome = future.result()
-        except BaseException as exc:  # noqa: BLE001 - the ref's error is the outcome
-            outcome = exc
-        callback(outcome)
-
-    ref.future().add_done_callback(unwrap)
-
-
-def _on_loopback(address: str) -> bool:
-    """Is ``address`` ('local', 'host:port', 'ray://host:port') this machine's loopback?"""
-    if address == "local":
-        return True
-    host = address.split("://", 1)[-1].rsplit(":", 1)[0].strip("[]")
-    return host in ("localhost", "::1") or host.startswith("127.")
-
-
-_link: _Link | None = None
-
-
-def _link_for(reactor: Any, address: str) -> _Link:
-    global _link
-    if _link is None:
-        _link = _Link(reactor, address)
-    elif _link.address != address:
-        raise SettingError(f"this process is connected to the Ray cluster at "
-                           f"{_link.address!r}; Ray allows one cluster per process, so "
-                           f"PROCPOOL_RAY_ADDRESS={address!r} cannot be used until it restarts")
-    return _link
 
 
 class RayPool:
@@ -274,8 +97,8 @@ class RayPool:
         self._header = ray_task.header(self.max_payload, self.init, self.tune)
         self.state = _State.NEW
         self.counters = dict.fromkeys(_COUNTERS, 0)
-        self._link: _Link | None = None
-        self._tasks: dict[defer.Deferred, _Task] = {}
+        self._link: Link | None = None
+        self._tasks: dict[defer.Deferred, Task] = {}
         self._start_waiters: list[defer.Deferred] = []
         self._start_done = False
         self._start_error: Exception | None = None  # why the start failed
@@ -287,9 +110,9 @@ class RayPool:
         # Tasks go to the link's thread, and their ends come back, in batches: the
         # outbox is drained by one call of that thread (``_sending``: one is asked
         # for), the inbox by one reactor turn (``_draining``: one is asked for).
-        self._outbox: deque[_Task] = deque()
+        self._outbox: deque[Task] = deque()
         self._sending = False
-        self._inbox: deque[tuple[_Task, Any]] = deque()  # (task, its answer or Ray's error)
+        self._inbox: deque[tuple[Task, Any]] = deque()  # (task, its answer or Ray's error)
         self._draining = False
         self.canceller = self._cancel
 
@@ -312,7 +135,7 @@ class RayPool:
             "before", "shutdown", lambda: self.stop(settings.get("PROCPOOL_STOP_GRACE")))
         waiter = self._start_waiter()
         try:
-            self._link = _link_for(self.reactor, self.address)
+            self._link = link_for(self.reactor, self.address)
         except SettingError as exc:
             self._fail_start(exc)
             return waiter
@@ -448,7 +271,7 @@ class RayPool:
             d.errback(PoolBusy("PROCPOOL_MAX_QUEUE", self.max_in_flight, len(self._tasks),
                                "tasks"))
             return d
-        task = _Task(kind, payload, timeout, d, counts if counts is not None else self.counters)
+        task = Task(kind, payload, timeout, d, counts if counts is not None else self.counters)
         self._tasks[d] = task
         if timeout:
             task.timer = self.clock.callLater(timeout, self._expire, task)
@@ -461,7 +284,7 @@ class RayPool:
 
     # -- endings (reactor thread) -------------------------------------------
 
-    def _end(self, task: _Task, error: BaseException | None = None, result: Any = None) -> None:
+    def _end(self, task: Task, error: BaseException | None = None, result: Any = None) -> None:
         """Settle ``task`` once: with ``error`` if given, else with ``result``."""
         if self._tasks.pop(task.deferred, None) is None:
             return
@@ -474,7 +297,7 @@ class RayPool:
         else:
             task.deferred.errback(error)
 
-    def _arrived(self, task: _Task, outcome: Any) -> None:
+    def _arrived(self, task: Task, outcome: Any) -> None:
         """(Ray's thread) ``task``'s ObjectRef is done: queue its outcome for the reactor."""
         self._inbox.append((task, outcome))
         if not self._draining:
@@ -493,12 +316,12 @@ class RayPool:
             self._draining = True
             self.reactor.callLater(0, self._drain)  # the rest next turn: others get theirs
 
-    def _settle(self, task: _Task, outcome: Any) -> None:
+    def _settle(self, task: Task, outcome: Any) -> None:
         """The task's ObjectRef is done: its answer box's bytes, or Ray's error."""
         if task.deferred not in self._tasks:
             return  # settled already (time limit, cancel, stop)
         if isinstance(outcome, BaseException):
-            error = _ray_error(outcome)
+            error = ray_error(outcome)
             task.counts["tasks_crashed" if isinstance(error, WorkerCrashed)
                         else "tasks_failed"] += 1
             self._end(task, error)
@@ -506,7 +329,7 @@ class RayPool:
             self._answered(task, outcome)
         self._maybe_stopped()
 
-    def _answered(self, task: _Task, data: bytes) -> None:
+    def _answered(self, task: Task, data: bytes) -> None:
         if data[:1] == ray_task.RESULT:
             payload: Any = memoryview(data)[1:]
         else:
@@ -527,14 +350,14 @@ class RayPool:
             task.counts["tasks_done"] += 1
             self._end(task, result=result)
 
-    def _unsent(self, task: _Task, error: BaseException | None) -> None:
+    def _unsent(self, task: Task, error: BaseException | None) -> None:
         """Ray refused the task, or was never reached."""
         task.counts["tasks_failed"] += 1
         self._end(task, WorkerStartError(f"the task could not be handed to the Ray cluster at "
                                          f"{self.address!r}: {error!r}"))
         self._maybe_stopped()
 
-    def _expire(self, task: _Task) -> None:
+    def _expire(self, task: Task) -> None:
         task.timer = None
         if task.deferred not in self._tasks:
             return
@@ -582,47 +405,3 @@ class RayPool:
             figures[name] = (round(latencies[min(len(latencies) - 1, int(q * len(latencies)))]
                                    * 1000, 3) if latencies else None)
         return figures
-
-
-def _ray_error(exc: BaseException) -> BaseException:
-    """What a failed ObjectRef means for the task: a crash, or the runner's own failure."""
-    from ray import exceptions as rx
-    first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-    if isinstance(exc, rx.RayTaskError):
-        # workers.ray_task.run itself failed: procpool is not importable on the node, say.
-        cause = getattr(exc, "cause", None)
-        name = type(cause).__name__ if cause is not None else type(exc).__name__
-        return RemoteError(name, f"the Ray task could not run procpool's runner: {cause or first}",
-                           str(exc))
-    if isinstance(exc, rx.TaskCancelledError):
-        return WorkerCrashed(None, how="was cancelled on the Ray cluster by someone other than "
-                                       "procpool")
-    if isinstance(exc, rx.RayError):
-        return WorkerCrashed(None, how=f"on the Ray cluster died while running the task "
-                                       f"({type(exc).__name__}: {first[:300]})")
-    return RemoteError(type(exc).__name__, str(exc))
-
-
-def _disconnect(patience: float = 30.0) -> None:
-    """
-    End this process's Ray connection (``ray.shutdown()`` in the link's
-    thread) and the thread; the next RayPool connects afresh. For tests and
-    tools that end a cluster they started: call it with no pool running.
-    """
-    global _link
-    link, _link = _link, None
-    if link is None:
-        return
-    done = threading.Event()
-
-    def shut_down() -> None:
-        try:
-            if link.remote is not None:
-                import ray
-                ray.shutdown()
-        finally:
-            done.set()
-
-    link.call(shut_down)
-    link.calls.put(None)
-    done.wait(patience)

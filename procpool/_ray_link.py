@@ -1,0 +1,241 @@
+"""
+The Ray backend's link to the cluster (procpool/_ray.py has the pool): the
+one thread that makes every Ray call, and how Ray's answers and errors are
+read. One process has one Ray connection (Ray's own rule), so the link is
+process-wide and outlives a stopped pool.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from twisted.internet import defer
+from twisted.logger import Logger
+
+from procpool.errors import RemoteError, SettingError, WorkerCrashed
+from workers import ray_task
+
+__all__ = ["Link", "Task", "link_for", "ray_error"]
+
+log = Logger()
+
+_RESOURCES_EVERY = 5.0  # seconds between looks at the cluster's CPU count (for stats)
+
+
+class Task:
+    """One task handed to Ray; settled once, by its answer, its time limit, a cancel or stop."""
+
+    __slots__ = ("kind", "payload", "timeout", "deferred", "submitted", "ref", "timer", "counts")
+
+    def __init__(self, kind: bytes, payload: bytes, timeout: float | None,
+                 deferred: defer.Deferred, counts: dict[str, int]) -> None:
+        self.kind, self.payload, self.timeout, self.deferred = kind, payload, timeout, deferred
+        self.counts = counts    # the pool's counters; a scratch dict for the start's no-op
+        self.submitted = time.perf_counter()
+        self.ref: Any = None    # the ObjectRef, set in the link's thread
+        self.timer: Any = None  # the time limit's DelayedCall
+
+
+class Link:
+    """
+    This process's connection to a Ray cluster and the one thread that
+    makes Ray calls. Work goes in with :meth:`call`; answers come back to
+    the reactor with ``callFromThread``.
+    """
+
+    def __init__(self, reactor: Any, address: str) -> None:
+        self.reactor, self.address = reactor, address
+        self.remote: Any = None      # workers.ray_task.run as a Ray remote function
+        self.error: BaseException | None = None
+        self.cpus = 0
+        self.resources_at = 0.0
+        self.calls: queue.SimpleQueue[tuple[Callable[..., Any], tuple[Any, ...]] | None] = (
+            queue.SimpleQueue())
+        self.thread = threading.Thread(target=self._serve, name="procpool-ray", daemon=True)
+        self.thread.start()
+
+    def call(self, function: Callable[..., Any], *args: Any) -> None:
+        """Run ``function(*args)`` in the link's thread, after the calls already asked for."""
+        self.calls.put((function, args))
+
+    def _serve(self) -> None:
+        while True:
+            item = self.calls.get()
+            if item is None:
+                return
+            function, args = item
+            try:
+                function(*args)
+            except BaseException:  # noqa: BLE001 - the thread must go on
+                self.reactor.callFromThread(log.failure, "procpool's Ray thread: a call failed")
+
+    # -- in the link's thread ---------------------------------------------
+
+    def connect(self, then: Callable[[BaseException | None], Any]) -> None:
+        """
+        Connect (or start a local cluster); ``then(error or None)`` in the
+        reactor. After a failed attempt the next pool's start tries again.
+        """
+        if self.remote is None:
+            self.error = None
+            try:
+                self._connect()
+            except BaseException as exc:  # noqa: BLE001 - reported to the reactor
+                self.error = exc
+        self.reactor.callFromThread(then, self.error)
+
+    def _connect(self) -> None:
+        loopback = _on_loopback(self.address)
+        if loopback:
+            # Keep this driver (and a cluster started here) on 127.0.0.1: without
+            # this Ray moves a loopback address to the machine's outward interface.
+            os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+        import ray
+        if loopback:
+            from ray._private import ray_constants  # read when Ray was imported: set it too
+            ray_constants.ENABLE_RAY_CLUSTER = False
+
+        if not ray.is_initialized():  # else the game's own ray.init() is used as it is
+            options: dict[str, Any] = {"include_dashboard": False}
+            if self.address == "local":
+                options.update(address="local", _node_ip_address="127.0.0.1")
+            else:
+                options["address"] = self.address
+            ray.init(**options)
+        self.remote = ray.remote(max_retries=0, num_cpus=1)(ray_task.run).options(
+            name="procpool")
+        self.look_at_resources()
+
+    def look_at_resources(self) -> None:
+        """Note the cluster's CPU count (for stats); at most every few seconds."""
+        now = time.monotonic()
+        if self.remote is None or now - self.resources_at < _RESOURCES_EVERY:
+            return
+        import ray
+        self.resources_at = now
+        self.cpus = int(ray.cluster_resources().get("CPU", 0))
+
+    def send(self, pool: Any) -> None:
+        """
+        Hand Ray every task waiting in ``pool``'s outbox (one call of this
+        thread for a burst, not one per task); each task's end comes back
+        through its ObjectRef's callback into the pool's inbox.
+        """
+        pool._sending = False  # before draining: a task put after this asks for a new send
+        outbox, header = pool._outbox, pool._header
+        while outbox:
+            task = outbox.popleft()
+            if task.deferred.called:  # cancelled or timed out before it was sent
+                continue
+            if self.remote is None:
+                self.reactor.callFromThread(pool._unsent, task, self.error)
+                continue
+            try:
+                ref = self.remote.remote(b"".join((header, task.kind, task.payload)))
+            except BaseException as exc:  # noqa: BLE001 - the task fails, not the thread
+                self.reactor.callFromThread(pool._unsent, task, exc)
+                continue
+            task.ref, task.payload = ref, b""
+            _when_done(ref, lambda outcome, task=task: pool._arrived(task, outcome))
+
+    def cancel(self, task: Task) -> None:
+        """Force-cancel a sent task: Ray ends the worker process running it."""
+        if task.ref is None:
+            return
+        import ray
+        try:
+            ray.cancel(task.ref, force=True)
+        except Exception as exc:  # noqa: BLE001 - e.g. it finished meanwhile
+            self.reactor.callFromThread(log.debug, "ray.cancel: {error!r}", error=exc)
+
+
+def _when_done(ref: Any, callback: Callable[[Any], Any]) -> None:
+    """
+    ``callback(value or exception)`` in a thread of Ray's once ``ref`` is
+    done: through ``ObjectRef._on_completed`` (Ray's own, under ``future()``;
+    10% more tasks a second without the Future between), else ``future()``.
+    """
+    on_completed = getattr(ref, "_on_completed", None)
+    if on_completed is not None:
+        on_completed(callback)
+        return
+
+    def unwrap(future: Any) -> None:
+        try:
+            outcome = future.result()
+        except BaseException as exc:  # noqa: BLE001 - the ref's error is the outcome
+            outcome = exc
+        callback(outcome)
+
+    ref.future().add_done_callback(unwrap)
+
+
+def _on_loopback(address: str) -> bool:
+    """Is ``address`` ('local', 'host:port', 'ray://host:port') this machine's loopback?"""
+    if address == "local":
+        return True
+    host = address.split("://", 1)[-1].rsplit(":", 1)[0].strip("[]")
+    return host in ("localhost", "::1") or host.startswith("127.")
+
+
+_link: Link | None = None
+
+
+def link_for(reactor: Any, address: str) -> Link:
+    global _link
+    if _link is None:
+        _link = Link(reactor, address)
+    elif _link.address != address:
+        raise SettingError(f"this process is connected to the Ray cluster at "
+                           f"{_link.address!r}; Ray allows one cluster per process, so "
+                           f"PROCPOOL_RAY_ADDRESS={address!r} cannot be used until it restarts")
+    return _link
+
+
+def ray_error(exc: BaseException) -> BaseException:
+    """What a failed ObjectRef means for the task: a crash, or the runner's own failure."""
+    from ray import exceptions as rx
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    if isinstance(exc, rx.RayTaskError):
+        # workers.ray_task.run itself failed: procpool is not importable on the node, say.
+        cause = getattr(exc, "cause", None)
+        name = type(cause).__name__ if cause is not None else type(exc).__name__
+        return RemoteError(name, f"the Ray task could not run procpool's runner: {cause or first}",
+                           str(exc))
+    if isinstance(exc, rx.TaskCancelledError):
+        return WorkerCrashed(None, how="was cancelled on the Ray cluster by someone other than "
+                                       "procpool")
+    if isinstance(exc, rx.RayError):
+        return WorkerCrashed(None, how=f"on the Ray cluster died while running the task "
+                                       f"({type(exc).__name__}: {first[:300]})")
+    return RemoteError(type(exc).__name__, str(exc))
+
+
+def _disconnect(patience: float = 30.0) -> None:
+    """
+    End this process's Ray connection (``ray.shutdown()`` in the link's
+    thread) and the thread; the next RayPool connects afresh. For tests and
+    tools that end a cluster they started: call it with no pool running.
+    """
+    global _link
+    link, _link = _link, None
+    if link is None:
+        return
+    done = threading.Event()
+
+    def shut_down() -> None:
+        try:
+            if link.remote is not None:
+                import ray
+                ray.shutdown()
+        finally:
+            done.set()
+
+    link.call(shut_down)
+    link.calls.put(None)
+    done.wait(patience)
