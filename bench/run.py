@@ -16,9 +16,15 @@ pairs (``--watchdog-only`` runs that part alone).
 
 Peers: plain ampoule (24.10, recycling off; its values are capped at 64 KiB,
 so its echo sends 1 MiB as 16 calls), ``concurrent.futures.ProcessPoolExecutor``
-and pebble. The table gives each figure and its ratio to procpool's.
+(fork), pebble, ``multiprocessing.Pool`` (fork), billiard (Celery's fork of
+it), loky (joblib's executor) and, for the round trip, Twisted's
+``deferToThread`` (threads of this process: no crossing, no isolation). The
+repetitions are interleaved, system after system, so that the machine's
+drift hits each alike; ``--hold-core`` keeps one core busy with another
+process meanwhile. The table gives each figure and its ratio to procpool's.
 
-    python bench/run.py [--systems procpool,futures] [--repeat 3]
+    python bench/run.py [--systems procpool,futures] [--repeat 3] [--hold-core]
+    python bench/run.py --scaling [--systems ...] [--repeat 3] [--hold-core]
     python bench/run.py --watchdog-only [--watchdog-pairs 10]
 """
 
@@ -39,6 +45,18 @@ ROUND_TRIPS = 2000
 BURST = 20_000
 ECHOES = 60
 MiB = 1024 * 1024
+# Set by --scaling for each fresh interpreter: the pools' size, the echo's size,
+# and which figures to take (start and the others always run their warm-up).
+WORKERS = int(os.environ.get("BENCH_WORKERS", "2"))
+ECHO_BYTES = int(os.environ.get("BENCH_ECHO_BYTES", str(MiB)))
+PARTS = set(os.environ.get("BENCH_PARTS", "rt,burst,echo").split(","))
+SCALING_WORKERS = (1, 2, 4, 8)
+SCALING_SIZES = (1024, 64 * 1024, MiB, 16 * MiB, 128 * MiB)
+
+
+def _echoes() -> int:
+    """How many echoes of ECHO_BYTES: about 60 MiB each way, at least 3, at most 2,000."""
+    return max(3, min(2000, ECHOES * MiB // ECHO_BYTES))
 
 
 def _percentiles(samples: list[float]) -> tuple[float, float]:
@@ -73,23 +91,26 @@ def _twisted_bench(make_pool, call_noop, call_echo, stop) -> dict:
         out["start_ms"] = (time.perf_counter() - t0) * 1000
         for i in range(200):
             yield call_noop(pool, i)
-        samples = []
-        for i in range(ROUND_TRIPS):
+        if "rt" in PARTS:
+            samples = []
+            for i in range(ROUND_TRIPS):
+                t = time.perf_counter()
+                yield call_noop(pool, i)
+                samples.append(time.perf_counter() - t)
+            out["rt_p50_us"], out["rt_p99_us"] = _percentiles(samples)
+        if "burst" in PARTS:
             t = time.perf_counter()
-            yield call_noop(pool, i)
-            samples.append(time.perf_counter() - t)
-        out["rt_p50_us"], out["rt_p99_us"] = _percentiles(samples)
-        t = time.perf_counter()
-        yield defer.gatherResults([call_noop(pool, i) for i in range(BURST)])
-        out["burst_per_s"] = BURST / (time.perf_counter() - t)
-        data = os.urandom(MiB)
-        for _ in range(3):
-            yield call_echo(pool, data)
-        t = time.perf_counter()
-        for _ in range(ECHOES):
-            back = yield call_echo(pool, data)
-        assert back == data
-        out["echo_mib_s"] = ECHOES / (time.perf_counter() - t)
+            yield defer.gatherResults([call_noop(pool, i) for i in range(BURST)])
+            out["burst_per_s"] = BURST / (time.perf_counter() - t)
+        if "echo" in PARTS:
+            data = os.urandom(ECHO_BYTES)
+            for _ in range(3):
+                yield call_echo(pool, data)
+            t = time.perf_counter()
+            for _ in range(_echoes()):
+                back = yield call_echo(pool, data)
+            assert back == data
+            out["echo_mib_s"] = _echoes() * ECHO_BYTES / MiB / (time.perf_counter() - t)
         yield stop(pool)
 
     return _in_reactor(run, out)
@@ -101,7 +122,7 @@ def bench_procpool() -> dict:
 
     import procpool
 
-    procpool.configure(PROCPOOL_MIN_NPROC=2, PROCPOOL_MAX_NPROC=2)
+    procpool.configure(PROCPOOL_MIN_NPROC=WORKERS, PROCPOOL_MAX_NPROC=WORKERS)
 
     def make_pool():
         return procpool.start()
@@ -120,7 +141,8 @@ def bench_ampoule() -> dict:
 
     def make_pool():
         starter = ProcessStarter(env={"PYTHONPATH": HERE}, packages=())
-        pool = apool.ProcessPool(BenchChild, min=2, max=2, recycleAfter=0, starter=starter)
+        pool = apool.ProcessPool(BenchChild, min=WORKERS, max=WORKERS, recycleAfter=0,
+                                 starter=starter)
         return pool.start().addCallback(lambda _: pool)
 
     def echo(pool, data):
@@ -143,25 +165,28 @@ def _futures_bench(make, submit) -> dict:
     out["start_ms"] = (time.perf_counter() - t0) * 1000
     for i in range(200):
         submit(pool, noop, i).result()
-    samples = []
-    for i in range(ROUND_TRIPS):
+    if "rt" in PARTS:
+        samples = []
+        for i in range(ROUND_TRIPS):
+            t = time.perf_counter()
+            submit(pool, noop, i).result()
+            samples.append(time.perf_counter() - t)
+        out["rt_p50_us"], out["rt_p99_us"] = _percentiles(samples)
+    if "burst" in PARTS:
         t = time.perf_counter()
-        submit(pool, noop, i).result()
-        samples.append(time.perf_counter() - t)
-    out["rt_p50_us"], out["rt_p99_us"] = _percentiles(samples)
-    t = time.perf_counter()
-    futures = [submit(pool, noop, i) for i in range(BURST)]
-    for f in futures:
-        f.result()
-    out["burst_per_s"] = BURST / (time.perf_counter() - t)
-    data = os.urandom(MiB)
-    for _ in range(3):
-        submit(pool, echo, data).result()
-    t = time.perf_counter()
-    for _ in range(ECHOES):
-        back = submit(pool, echo, data).result()
-    assert back == data
-    out["echo_mib_s"] = ECHOES / (time.perf_counter() - t)
+        futures = [submit(pool, noop, i) for i in range(BURST)]
+        for f in futures:
+            f.result()
+        out["burst_per_s"] = BURST / (time.perf_counter() - t)
+    if "echo" in PARTS:
+        data = os.urandom(ECHO_BYTES)
+        for _ in range(3):
+            submit(pool, echo, data).result()
+        t = time.perf_counter()
+        for _ in range(_echoes()):
+            back = submit(pool, echo, data).result()
+        assert back == data
+        out["echo_mib_s"] = _echoes() * ECHO_BYTES / MiB / (time.perf_counter() - t)
     pool.shutdown() if hasattr(pool, "shutdown") else (pool.close(), pool.join())
     return out
 
@@ -169,15 +194,62 @@ def _futures_bench(make, submit) -> dict:
 def bench_futures() -> dict:
     """concurrent.futures.ProcessPoolExecutor (fork)."""
     from concurrent.futures import ProcessPoolExecutor
-    return _futures_bench(lambda: ProcessPoolExecutor(max_workers=2),
+    return _futures_bench(lambda: ProcessPoolExecutor(max_workers=WORKERS),
                           lambda pool, fn, arg: pool.submit(fn, arg))
 
 
 def bench_pebble() -> dict:
     """pebble.ProcessPool."""
     import pebble
-    return _futures_bench(lambda: pebble.ProcessPool(max_workers=2),
+    return _futures_bench(lambda: pebble.ProcessPool(max_workers=WORKERS),
                           lambda pool, fn, arg: pool.schedule(fn, args=(arg,)))
+
+
+class _Waited:
+    """An ``AsyncResult`` (multiprocessing, billiard) read like a Future."""
+
+    __slots__ = ("pending",)
+
+    def __init__(self, pending) -> None:
+        self.pending = pending
+
+    def result(self):
+        return self.pending.get()
+
+
+def bench_multiprocessing() -> dict:
+    """multiprocessing.Pool (fork), apply_async."""
+    import multiprocessing
+    return _futures_bench(lambda: multiprocessing.get_context("fork").Pool(WORKERS),
+                          lambda pool, fn, arg: _Waited(pool.apply_async(fn, (arg,))))
+
+
+def bench_billiard() -> dict:
+    """billiard.Pool (Celery's fork of multiprocessing), apply_async."""
+    import billiard
+    return _futures_bench(lambda: billiard.Pool(WORKERS),
+                          lambda pool, fn, arg: _Waited(pool.apply_async(fn, (arg,))))
+
+
+def bench_loky() -> dict:
+    """loky's reusable executor (joblib's process pool)."""
+    import loky
+    return _futures_bench(lambda: loky.get_reusable_executor(max_workers=WORKERS),
+                          lambda pool, fn, arg: pool.submit(fn, arg))
+
+
+def bench_threads() -> dict:
+    """Twisted's deferToThread (2 threads, in this process: no crossing, no isolation)."""
+    from tasks import echo, noop
+    from twisted.internet import defer, reactor, threads
+
+    def make_pool():
+        reactor.suggestThreadPoolSize(WORKERS)
+        return defer.succeed(None)
+
+    return _twisted_bench(make_pool, lambda _, i: threads.deferToThread(noop, i),
+                          lambda _, data: threads.deferToThread(echo, data),
+                          lambda _: defer.succeed(None))
 
 
 def bench_procpool_extras() -> dict:
@@ -337,15 +409,69 @@ def _print_watchdog(dog: dict) -> None:
 
 
 SYSTEMS = {"procpool": bench_procpool, "ampoule": bench_ampoule,
-           "futures": bench_futures, "pebble": bench_pebble}
+           "futures": bench_futures, "pebble": bench_pebble,
+           "multiprocessing": bench_multiprocessing, "billiard": bench_billiard,
+           "loky": bench_loky, "threads": bench_threads}
 COLUMNS = [("start_ms", "start ms", False), ("rt_p50_us", "rt p50 us", False),
            ("rt_p99_us", "rt p99 us", False), ("burst_per_s", "20k tasks/s", True),
            ("echo_mib_s", "1MiB echo MiB/s", True)]
 
 
-def _one(name: str, *extra: str) -> dict:
+def _size(n: int) -> str:
+    return f"{n // MiB} MiB" if n >= MiB else f"{n // 1024} KiB"
+
+
+def _scaling(names: list[str], repeat: int, hold_core: bool) -> None:
+    """How cost grows: with the pools' size, and with the payload's (medians, interleaved)."""
+    holder = _hold_a_core() if hold_core else None
+    runs: dict[tuple[str, str, int], list[dict]] = {}
+    try:
+        for i in range(repeat):
+            for workers in SCALING_WORKERS:
+                for name in names:
+                    print(f"bench: {name} with {workers} workers, run {i + 1}/{repeat} ...",
+                          file=sys.stderr, flush=True)
+                    runs.setdefault((name, "workers", workers), []).append(_one(
+                        name, env={"BENCH_WORKERS": str(workers), "BENCH_PARTS": "rt,burst"}))
+            for size in SCALING_SIZES:
+                for name in names:
+                    print(f"bench: {name} echo of {_size(size)}, run {i + 1}/{repeat} ...",
+                          file=sys.stderr, flush=True)
+                    runs.setdefault((name, "echo", size), []).append(_one(
+                        name, env={"BENCH_ECHO_BYTES": str(size), "BENCH_PARTS": "echo"}))
+    finally:
+        if holder is not None:
+            holder.kill()
+            holder.wait()
+
+    def median(name: str, kind: str, n: int, key: str) -> str:
+        good = [r[key] for r in runs[(name, kind, n)] if key in r]
+        return f"{statistics.median(good):,.0f}" if good else "failed"
+
+    held = "; one core held by a busy process" if hold_core else ""
+    print(f"How cost grows, medians of {repeat} interleaved fresh runs{held}\n")
+    print("round trip p50 us / 20k no-ops per second, by workers:")
+    print(f"{'system':<16}" + "".join(f"{w:>10} w" + " " * 10 for w in SCALING_WORKERS))
+    for name in names:
+        print(f"{name:<16}" + "".join(
+            f"{median(name, 'workers', w, 'rt_p50_us'):>9} / "
+            f"{median(name, 'workers', w, 'burst_per_s'):<9}" for w in SCALING_WORKERS))
+    print("\necho MiB/s, by payload (2 workers):")
+    print(f"{'system':<16}" + "".join(f"{_size(n):>12}" for n in SCALING_SIZES))
+    for name in names:
+        print(f"{name:<16}" + "".join(f"{median(name, 'echo', n, 'echo_mib_s'):>12}"
+                                       for n in SCALING_SIZES))
+
+
+def _hold_a_core() -> subprocess.Popen:
+    """Another process that keeps one core busy until killed."""
+    return subprocess.Popen([sys.executable, "-c", "while True: pass"])
+
+
+def _one(name: str, *extra: str, env: dict[str, str] | None = None) -> dict:
     proc = subprocess.run([sys.executable, __file__, "--one", name, *extra],
-                          capture_output=True, text=True, timeout=600)
+                          capture_output=True, text=True, timeout=600,
+                          env={**os.environ, **(env or {})})
     lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
     if proc.returncode or not lines:
         return {"error": (proc.stderr or proc.stdout)[-2000:]}
@@ -358,6 +484,13 @@ def main() -> None:
     parser.add_argument("--one", help=argparse.SUPPRESS)
     parser.add_argument("--systems", default=",".join(SYSTEMS))
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--scaling", action="store_true",
+                        help=f"instead of the table: round trip and throughput with "
+                             f"{', '.join(map(str, SCALING_WORKERS))} workers, and echoes of "
+                             f"1 KiB to 128 MiB (2 workers)")
+    parser.add_argument("--hold-core", action="store_true",
+                        help="keep one core busy with another process while the systems run "
+                             "(how a game's machine often is)")
     parser.add_argument("--no-extras", action="store_true",
                         help="skip procpool's timeout, recycling, reactor-lag and watchdog "
                              "figures")
@@ -383,27 +516,43 @@ def main() -> None:
         _print_watchdog(dog)
         return
     names = [n for n in args.systems.split(",") if n]
+    unknown = [n for n in names if n not in SYSTEMS]
+    if unknown:
+        parser.error(f"unknown systems {unknown}; known: {', '.join(SYSTEMS)}")
+    if args.scaling:
+        _scaling(names, args.repeat, args.hold_core)
+        return
+    holder = _hold_a_core() if args.hold_core else None
+    try:
+        runs: dict[str, list[dict]] = {name: [] for name in names}
+        for i in range(args.repeat):  # interleaved: drift of the machine hits every system
+            for name in names:
+                print(f"bench: {name} run {i + 1}/{args.repeat} ...", file=sys.stderr,
+                      flush=True)
+                runs[name].append(_one(name))
+    finally:
+        if holder is not None:
+            holder.kill()
+            holder.wait()
     results: dict[str, dict] = {}
-    for name in names:
-        runs = []
-        for i in range(args.repeat):
-            print(f"bench: {name} run {i + 1}/{args.repeat} ...", file=sys.stderr, flush=True)
-            runs.append(_one(name))
-        good = [r for r in runs if "error" not in r]
+    for name, got in runs.items():
+        good = [r for r in got if "error" not in r]
         if not good:
-            print(f"{name}: failed\n{runs[0]['error']}", file=sys.stderr)
+            print(f"{name}: failed\n{got[0]['error']}", file=sys.stderr)
             continue
         results[name] = {k: statistics.median(r[k] for r in good) for k, _, _ in COLUMNS}
     base = results.get("procpool")
-    print(f"2 workers, warm, medians of {args.repeat} fresh runs; (x) = ratio to procpool\n")
-    print(f"{'system':<10}" + "".join(f"{title:>22}" for _, title, _ in COLUMNS))
+    held = "; one core held by a busy process" if args.hold_core else ""
+    print(f"2 workers, warm, medians of {args.repeat} interleaved fresh runs{held}; "
+          f"(x) = ratio to procpool\n")
+    print(f"{'system':<16}" + "".join(f"{title:>22}" for _, title, _ in COLUMNS))
     for name, row in results.items():
         cells = []
         for key, _, _ in COLUMNS:
             value = row[key]
             ratio = f" ({value / base[key]:.2f}x)" if base and base[key] else ""
             cells.append(f"{value:>13,.0f}{ratio:>9}")
-        print(f"{name:<10}" + "".join(cells))
+        print(f"{name:<16}" + "".join(cells))
     if not args.no_extras:
         print("bench: procpool extras ...", file=sys.stderr, flush=True)
         extras = _one("extras")
