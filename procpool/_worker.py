@@ -27,6 +27,7 @@ import signal
 import struct
 import time
 from collections import deque
+from itertools import islice
 from typing import Any, Protocol
 
 from twisted.internet import defer, error, protocol
@@ -112,27 +113,44 @@ def _plausible_key(key: bytes) -> bool:
 
 
 class _AnswerParser(wire.BoxParser):
-    """The wire's parser, plus what the host needs to see that the stream lost its framing."""
+    """
+    The wire's parser, plus what the host needs to see that the stream lost
+    its framing. The keys of the unfinished box are checked once each: a
+    128 MiB answer arrives in about 2,000 pairs over 1,500 reads, and looking
+    at every key again on each read cost more than reading them.
+    """
 
-    __slots__ = ()
+    __slots__ = ("_checked_box", "_checked")
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._checked_box: dict[bytes, Any] | None = None
+        self._checked = 0  # keys of _checked_box found plausible so far
 
     def lost(self, max_pairs: int) -> str | None:
         """Why the unfinished box cannot be the start of a real answer, or None."""
         left, box = self._left, self._box
-        keys = list(box)
+        if self._checked_box is not box:
+            self._checked_box, self._checked = box, 0
+        keys = list(islice(box, self._checked, None))  # the ones not checked yet
+        whole = len(box)
+        cut = 0  # a pair whose key has come, its value not yet
         if len(left) >= 2:
             klen = (left[0] << 8) | left[1]
             if klen > _MAX_KEY:
                 return f"a key of {klen} bytes (AMP allows {_MAX_KEY})"
             if len(left) >= 2 + klen:
                 keys.append(bytes(left[2:2 + klen]))
-        if len(keys) > max_pairs:
+                cut = 1
+        if whole + cut > max_pairs:
             return f"an answer of more than {max_pairs} values"
-        if keys and keys[0] not in _OPENING:
-            return f"a box opening with {keys[0][:40]!r}"
+        first = next(iter(box), None) if whole else (keys[0] if keys else None)
+        if first is not None and first not in _OPENING:
+            return f"a box opening with {first[:40]!r}"
         for key in keys:
             if not _plausible_key(key):
                 return f"an unknown key {key[:40]!r}"
+        self._checked = whole
         return None
 
     def unreadable(self) -> bytes:

@@ -46,3 +46,39 @@ def test_no_value_exceeds_the_amp_limit():
     pairs = wire.encode_box({b"p": b"q" * 500_000})
     lengths = [len(p) for p in pairs[3::4]]
     assert max(lengths) <= wire.MAX_VALUE
+
+
+def _answer_pieces(keys: list[bytes], size: int = 300) -> bytes:
+    """An unfinished answer box: ``_answer`` then one pair of ``size`` bytes per key."""
+    return b"".join(b"".join(wire._pairs(key, b"v" * size)) for key in [b"_answer", *keys])
+
+
+def test_the_hosts_framing_check_looks_at_each_key_once(monkeypatch):
+    from procpool import _worker
+    looked: list[bytes] = []
+    real = _worker._plausible_key
+    monkeypatch.setattr(_worker, "_plausible_key", lambda key: looked.append(key) or real(key))
+    stream = _answer_pieces([b"p.%d" % i for i in range(1, 400)])
+    parser = _worker._AnswerParser()
+    reads = 0
+    for at in range(0, len(stream), 997):  # reads that cut pairs anywhere
+        list(parser.feed(stream[at:at + 997]))
+        reads += 1
+        assert parser.lost(max_pairs=10_000) is None
+    assert len(parser._box) == 400
+    # Each whole key once, plus at most one look per read at a key whose value is cut.
+    assert len(looked) <= 400 + reads, (len(looked), reads)
+
+
+def test_the_hosts_framing_check_still_finds_a_bad_key_late_in_a_big_answer():
+    from procpool import _worker
+    good = _answer_pieces([b"p.%d" % i for i in range(1, 200)])
+    bad = b"".join(wire._pairs(b"p.200\xff", b"v" * 300))
+    parser = _worker._AnswerParser()
+    list(parser.feed(good))
+    assert parser.lost(max_pairs=10_000) is None
+    list(parser.feed(bad))
+    assert "unknown key" in parser.lost(max_pairs=10_000)
+    crowded = _worker._AnswerParser()
+    list(crowded.feed(good))
+    assert "more than 100 values" in crowded.lost(max_pairs=100)
