@@ -58,7 +58,10 @@ def _free_ports(n: int) -> list[int]:
 
 
 class Cluster:
-    """One ``ray start --head`` cluster of this machine; ``address`` is its head's."""
+    """
+    One ``ray start --head`` cluster of this machine; ``address`` is its
+    head's, ``client_address`` its Ray Client server's (``ray://``).
+    """
 
     def __init__(self) -> None:
         command = ray_command()
@@ -70,6 +73,7 @@ class Cluster:
         self.folder = tempfile.mkdtemp(prefix="ray-")  # short: Ray's socket paths must fit
         gcs, client, agent, agent_grpc, metrics, runtime, node, objects = _free_ports(8)
         self.address = f"127.0.0.1:{gcs}"
+        self.client_address = f"ray://127.0.0.1:{client}"  # Ray Client's server
         args = [command, "start", "--head", "--node-ip-address", "127.0.0.1",
                 "--port", str(gcs), "--ray-client-server-port", str(client),
                 "--dashboard-agent-listen-port", str(agent),

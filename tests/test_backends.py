@@ -260,3 +260,38 @@ def test_an_unreachable_cluster_fails_the_start_and_the_tasks_with_the_address()
                                             ["task", "WorkerStartError"],
                                             ["later", "WorkerStartError"]], out.stderr[-3000:]
     assert all(2.5 <= float(line[2]) < 6 and line[3] == "True" for line in lines), lines
+
+
+def test_a_game_reaches_the_cluster_through_ray_client():
+    # PROCPOOL_RAY_ADDRESS="ray://host:port": in a process of its own (one Ray
+    # connection a process). A builtin and a source string: nothing of the tests'
+    # own modules needs to be importable on the cluster.
+    address = ray_support.cluster().client_address
+    script = textwrap.dedent(f"""
+        import os
+        from twisted.internet import defer, reactor
+        import procpool
+        procpool.configure(PROCPOOL_BACKEND="ray", PROCPOOL_RAY_ADDRESS="{address}")
+        @defer.inlineCallbacks
+        def go():
+            print("power", (yield procpool.run_async(pow, 2, 5)))
+            print("source", (yield procpool.run_async("_return(x * 2)", x=21)))
+            print("other", (yield procpool.run_async(os.getpid)) != os.getpid())
+            try:
+                yield procpool.run_async("import time; time.sleep(30)", proc_timeout=1)
+            except procpool.ProcPoolTimeout:
+                print("timeout", "ProcPoolTimeout")
+            print("backend", procpool.stats()["backend"], procpool.stats()["address"])
+            yield procpool.stop()
+        reactor.callWhenRunning(lambda: go().addErrback(lambda f: print(f.getTraceback()))
+                                .addBoth(lambda _: reactor.stop()))
+        reactor.run()
+    """)
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                         timeout=180, env={**os.environ, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"})
+    said = dict(line.split(" ", 1) for line in out.stdout.splitlines() if " " in line)
+    assert said.get("power") == "32", out.stdout[-2000:] + out.stderr[-3000:]
+    assert said.get("source") == "42"
+    assert said.get("other") == "True"
+    assert said.get("timeout") == "ProcPoolTimeout"
+    assert said.get("backend") == f"ray {address}"
