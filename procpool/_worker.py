@@ -114,34 +114,28 @@ def _plausible_key(key: bytes) -> bool:
 
 class _AnswerParser(wire.BoxParser):
     """
-    The wire's parser, plus what the host needs to see that the stream lost
-    its framing. The keys of the unfinished box are checked once each: a
-    128 MiB answer arrives in about 2,000 pairs over 1,500 reads, and looking
-    at every key again on each read cost more than reading them.
+    The wire's parser, plus what the host needs to see that the stream lost its
+    framing; each key of an unfinished box is checked once (128 MiB: 2,000 keys).
     """
 
-    __slots__ = ("_checked_box", "_checked")
+    __slots__ = ("_checked_box", "_checked")  # the box, how many of its keys were checked
 
     def __init__(self) -> None:
         super().__init__()
-        self._checked_box: dict[bytes, Any] | None = None
-        self._checked = 0  # keys of _checked_box found plausible so far
+        self._checked_box, self._checked = None, 0
 
     def lost(self, max_pairs: int) -> str | None:
         """Why the unfinished box cannot be the start of a real answer, or None."""
         left, box = self._left, self._box
         if self._checked_box is not box:
             self._checked_box, self._checked = box, 0
-        keys = list(islice(box, self._checked, None))  # the ones not checked yet
-        whole = len(box)
-        cut = 0  # a pair whose key has come, its value not yet
-        if len(left) >= 2:
+        keys, whole, cut = list(islice(box, self._checked, None)), len(box), 0
+        if len(left) >= 2:  # a pair cut in its value: its key may have come
             klen = (left[0] << 8) | left[1]
             if klen > _MAX_KEY:
                 return f"a key of {klen} bytes (AMP allows {_MAX_KEY})"
-            if len(left) >= 2 + klen:
-                keys.append(bytes(left[2:2 + klen]))
-                cut = 1
+            cut = int(len(left) >= 2 + klen)
+            keys += [bytes(left[2:2 + klen])] * cut
         if whole + cut > max_pairs:
             return f"an answer of more than {max_pairs} values"
         first = next(iter(box), None) if whole else (keys[0] if keys else None)
@@ -155,8 +149,7 @@ class _AnswerParser(wire.BoxParser):
 
     def unreadable(self) -> bytes:
         """The bytes received and not part of a whole box (to look for answers in them)."""
-        pairs = (_LENGTH(len(k)) + k + _LENGTH(len(v)) + bytes(v) for k, v in self._box.items())
-        return b"".join([*pairs, self._left])
+        return raw_box(self._box)[:-2] + self._left  # without the box's end
 
 
 def raw_box(box: dict[bytes, Any]) -> bytes:
@@ -197,11 +190,8 @@ class _Pool(Protocol):
     """What a worker reports to its pool (procpool.pool.ProcessPool), and nothing more."""
 
     def _box_received(self, worker: Worker, box: dict[bytes, Any]) -> None: ...
-
     def _worker_lost(self, worker: Worker) -> None: ...
-
     def _worker_ended(self, worker: Worker, reason: Failure) -> None: ...
-
     def _framing_lost(self, worker: Worker, why: str) -> None: ...
 
 

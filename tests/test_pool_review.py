@@ -34,10 +34,19 @@ class Review(s.PoolTestCase):
     def test_a_crash_is_reported_at_once_though_a_grandchild_holds_the_pipes(self):
         sleeper = yield self.pool.submit_call(s.start_sleeper, 30)
         self.addCleanup(lambda: s.alive(sleeper) and os.kill(sleeper, signal.SIGKILL))
+        crashing = [w.transport for w in self.pool._workers]
         started = time.monotonic()
         with self.assertRaises(WorkerCrashed):
             yield self.pool.submit_call(s.exit_now, 3)
         self.assertLess(time.monotonic() - started, 5)
+        # The dead worker's pipes close on the reactor's next turns, though the
+        # grandchild still holds its stdout: none is left behind.
+        def dead_and_closed() -> bool:
+            dead = [t for t in crashing if t.pid is None]  # Twisted's mark of an exited child
+            return bool(dead) and not any(t.pipes for t in dead)
+
+        closed = yield s.wait_until(dead_and_closed, 5)
+        self.assertTrue(closed, [(t.pid, t.pipes) for t in crashing])
 
     @defer.inlineCallbacks
     def test_stop_ends_though_a_grandchild_in_its_own_session_holds_the_pipes(self):
