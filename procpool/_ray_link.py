@@ -142,6 +142,9 @@ class Link:
                 continue
             task.ref, task.payload = ref, b""
             _when_done(ref, lambda outcome, task=task: pool._arrived(task, outcome))
+            # Let the reactor thread have the GIL if it waits for it: else a burst
+            # of sends would hold it for the interpreter's switch interval (5 ms).
+            time.sleep(0)
 
     def cancel(self, task: Task) -> None:
         """Force-cancel a sent task: Ray ends the worker process running it."""

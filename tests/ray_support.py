@@ -28,8 +28,12 @@ import pytest
 
 from procpool import _ray
 
-# Keep the cluster and this test process's driver on loopback (procpool/_ray.py).
-_LOOPBACK_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
+# Keep the cluster and this test process's driver on loopback (procpool/_ray.py),
+# without token authentication: Ray 2.60 turns it on for a new cluster once a
+# token file exists in ~/.ray, and writes one there, so two clusters of this
+# machine (or a later run) would refuse each other's drivers. The cluster
+# listens on 127.0.0.1 only.
+LOOPBACK_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_AUTH_MODE": "disabled"}
 
 
 def required() -> bool:
@@ -83,7 +87,7 @@ class Cluster:
                 "--temp-dir", self.folder, "--include-dashboard", "false",
                 "--num-cpus", "2", "--object-store-memory", str(400 * 1024 * 1024),
                 "--disable-usage-stats"]
-        env = {**os.environ, **_LOOPBACK_ENV}
+        env = {**os.environ, **LOOPBACK_ENV}
         # Its own session: the session id is `ray start`'s pid, and every process
         # of the cluster (its head, raylet, agents, workers) stays in it.
         starter = subprocess.Popen(args, env=env, stdout=subprocess.PIPE,
@@ -93,7 +97,7 @@ class Cluster:
         if starter.returncode != 0 or not self._head_in_session():
             self.stop()
             pytest.fail(f"`ray start` failed ({starter.returncode}):\n{output[-4000:]}")
-        os.environ.update(_LOOPBACK_ENV)
+        os.environ.update(LOOPBACK_ENV)
 
     def _head_in_session(self) -> bool:
         return any("gcs_server" in _cmdline(p) and self.folder in _cmdline(p)
