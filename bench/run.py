@@ -425,20 +425,17 @@ def _scaling(names: list[str], repeat: int, hold_core: bool) -> None:
     """How cost grows: with the pools' size, and with the payload's (medians, interleaved)."""
     holder = _hold_a_core() if hold_core else None
     runs: dict[tuple[str, str, int], list[dict]] = {}
+    cases = [("workers", n, f"with {n} workers",
+              {"BENCH_WORKERS": str(n), "BENCH_PARTS": "rt,burst"}) for n in SCALING_WORKERS]
+    cases += [("echo", n, f"echo of {_size(n)}",
+               {"BENCH_ECHO_BYTES": str(n), "BENCH_PARTS": "echo"}) for n in SCALING_SIZES]
     try:
         for i in range(repeat):
-            for workers in SCALING_WORKERS:
+            for kind, n, what, env in cases:
                 for name in names:
-                    print(f"bench: {name} with {workers} workers, run {i + 1}/{repeat} ...",
-                          file=sys.stderr, flush=True)
-                    runs.setdefault((name, "workers", workers), []).append(_one(
-                        name, env={"BENCH_WORKERS": str(workers), "BENCH_PARTS": "rt,burst"}))
-            for size in SCALING_SIZES:
-                for name in names:
-                    print(f"bench: {name} echo of {_size(size)}, run {i + 1}/{repeat} ...",
-                          file=sys.stderr, flush=True)
-                    runs.setdefault((name, "echo", size), []).append(_one(
-                        name, env={"BENCH_ECHO_BYTES": str(size), "BENCH_PARTS": "echo"}))
+                    print(f"bench: {name} {what}, run {i + 1}/{repeat} ...", file=sys.stderr,
+                          flush=True)
+                    runs.setdefault((name, kind, n), []).append(_one(name, env=env))
     finally:
         if holder is not None:
             holder.kill()

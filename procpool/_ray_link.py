@@ -190,6 +190,10 @@ _link: Link | None = None
 
 
 def link_for(reactor: Any, address: str) -> Link:
+    """
+    This process's link, made on first use; a different ``address`` than the
+    link's raises :class:`SettingError` (Ray allows one cluster a process).
+    """
     global _link
     if _link is None:
         _link = Link(reactor, address)
