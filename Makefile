@@ -17,7 +17,7 @@ EVENNIA_STAMP := $(EVENNIA_VENV)/.installed
 $(STAMP): setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[test,bench,metrics,ray]'
+	$(PY) -m pip install --quiet -e '.[test,bench,metrics,ray,plot]'
 	touch $(STAMP)
 
 install: $(STAMP)

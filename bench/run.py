@@ -24,7 +24,7 @@ drift hits each alike; ``--hold-core`` keeps one core busy with another
 process meanwhile. The table gives each figure and its ratio to procpool's.
 
     python bench/run.py [--systems procpool,futures] [--repeat 3] [--hold-core]
-    python bench/run.py --scaling [--systems ...] [--repeat 3] [--hold-core]
+    python bench/run.py --scaling [--systems ...] [--repeat 3] [--hold-core] [--plot FILE.png]
     python bench/run.py --watchdog-only [--watchdog-pairs 10]
 """
 
@@ -421,8 +421,11 @@ def _size(n: int) -> str:
     return f"{n // MiB} MiB" if n >= MiB else f"{n // 1024} KiB"
 
 
-def _scaling(names: list[str], repeat: int, hold_core: bool) -> None:
-    """How cost grows: with the pools' size, and with the payload's (medians, interleaved)."""
+def _scaling(names: list[str], repeat: int, hold_core: bool, plot: str | None = None) -> None:
+    """
+    How cost grows: with the pools' size, and with the payload's (medians,
+    interleaved); with ``plot``, drawn into that PNG too (bench/plot.py).
+    """
     holder = _hold_a_core() if hold_core else None
     runs: dict[tuple[str, str, int], list[dict]] = {}
     cases = [("workers", n, f"with {n} workers",
@@ -441,9 +444,13 @@ def _scaling(names: list[str], repeat: int, hold_core: bool) -> None:
             holder.kill()
             holder.wait()
 
-    def median(name: str, kind: str, n: int, key: str) -> str:
+    def value(name: str, kind: str, n: int, key: str) -> float | None:
         good = [r[key] for r in runs[(name, kind, n)] if key in r]
-        return f"{statistics.median(good):,.0f}" if good else "failed"
+        return statistics.median(good) if good else None
+
+    def median(name: str, kind: str, n: int, key: str) -> str:
+        got = value(name, kind, n, key)
+        return f"{got:,.0f}" if got is not None else "failed"
 
     held = "; one core held by a busy process" if hold_core else ""
     print(f"How cost grows, medians of {repeat} interleaved fresh runs{held}\n")
@@ -458,6 +465,18 @@ def _scaling(names: list[str], repeat: int, hold_core: bool) -> None:
     for name in names:
         print(f"{name:<16}" + "".join(f"{median(name, 'echo', n, 'echo_mib_s'):>12}"
                                        for n in SCALING_SIZES))
+    if plot:
+        import plot as drawing
+        figures = {
+            "workers": {name: {str(w): {key: value(name, "workers", w, key)
+                                        for key in ("rt_p50_us", "burst_per_s")}
+                               for w in SCALING_WORKERS} for name in names},
+            "echo": {name: {str(n): value(name, "echo", n, "echo_mib_s")
+                            for n in SCALING_SIZES} for name in names},
+        }
+        drawing.draw(figures, plot, f"{os.cpu_count()} cores, medians of {repeat} "
+                                    f"interleaved fresh runs{held}")
+        print(f"\nbench: drew {plot} (figures in {drawing.figures_path(plot)})")
 
 
 def _hold_a_core() -> subprocess.Popen:
@@ -485,6 +504,9 @@ def main() -> None:
                         help=f"instead of the table: round trip and throughput with "
                              f"{', '.join(map(str, SCALING_WORKERS))} workers, and echoes of "
                              f"1 KiB to 128 MiB (2 workers)")
+    parser.add_argument("--plot", metavar="FILE.png",
+                        help="with --scaling (implied): draw its figures into FILE.png "
+                             "(needs matplotlib: the plot extra)")
     parser.add_argument("--hold-core", action="store_true",
                         help="keep one core busy with another process while the systems run "
                              "(how a game's machine often is)")
@@ -516,8 +538,12 @@ def main() -> None:
     unknown = [n for n in names if n not in SYSTEMS]
     if unknown:
         parser.error(f"unknown systems {unknown}; known: {', '.join(SYSTEMS)}")
-    if args.scaling:
-        _scaling(names, args.repeat, args.hold_core)
+    if args.plot:
+        import importlib.util  # fail now, not after the runs, without matplotlib
+        if importlib.util.find_spec("matplotlib") is None:
+            parser.error("--plot needs matplotlib: pip install 'procpool[plot]'")
+    if args.scaling or args.plot:
+        _scaling(names, args.repeat, args.hold_core, args.plot)
         return
     holder = _hold_a_core() if args.hold_core else None
     try:

@@ -14,6 +14,7 @@ The Ray backend: the same ``run_async`` on a Ray cluster (``PROCPOOL_BACKEND = "
         |              Ray call: ray.init, remote(...), ray.cancel(force=True), cluster_resources
         v
     Ray cluster: workers.ray_task.run(header + kind + payload) in a Ray worker process
+        |              (a payload of 64 KiB or more is a second argument, not joined)
         |              answers with the pickled result, or a local worker's error box
         v
     Ray's own thread: the ObjectRef is done -> its outcome to the pool's inbox; the first end
@@ -33,6 +34,7 @@ pool is listed in docs/scale-out.md.
 
 from __future__ import annotations
 
+import gc
 import pickle
 import sys
 import time
@@ -98,6 +100,7 @@ class RayPool:
         self.init: str | None = values["PROCPOOL_WORKER_INIT"]
         self.start_timeout: float = values["PROCPOOL_START_TIMEOUT"]
         self.tune: bool = values["PROCPOOL_TUNE_MALLOC"]
+        self.gc_freeze: bool = values["PROCPOOL_RAY_GC_FREEZE"]
         self._header = ray_task.header(self.max_payload, self.init, self.tune)
         self.state = _State.NEW
         self.counters = dict.fromkeys(_COUNTERS, 0)
@@ -205,6 +208,8 @@ class RayPool:
             self._fail_start(WorkerStartError(
                 f"could not reach the Ray cluster at {self.address!r}: {error!r}"))
             return
+        if self.gc_freeze and not gc.get_freeze_count():
+            _freeze_the_heap()
         warm = self._submit(b"c", pickle.dumps((int, (), {})), None,
                             counts=dict.fromkeys(_COUNTERS, 0))
         warm.addCallbacks(lambda _: self._start_ended(), lambda f: self._fail_start(
@@ -342,9 +347,7 @@ class RayPool:
         self._maybe_stopped()
 
     def _answered(self, task: Task, data: bytes) -> None:
-        if data[:1] == ray_task.RESULT:
-            payload: Any = memoryview(data)[1:]
-        else:
+        if data[:1] != ray_task.RESULT:
             box = next(iter(wire.BoxParser().feed(data)), None)
             if box is None:
                 task.counts["tasks_failed"] += 1
@@ -354,7 +357,7 @@ class RayPool:
             self._end(task, _codec.rebuild_error(box, wire.join_value(box, b"p")))
             return
         try:
-            result = pickle.loads(payload)
+            result = pickle.loads(data)
         except Exception as exc:
             task.counts["tasks_failed"] += 1
             self._end(task, _codec.unloadable_result(exc))
@@ -417,3 +420,18 @@ class RayPool:
             figures[name] = (round(latencies[min(len(latencies) - 1, int(q * len(latencies)))]
                                    * 1000, 3) if latencies else None)
         return figures
+
+
+def _freeze_the_heap() -> None:
+    """
+    Collect once, then move every object alive (Ray's modules, the game's
+    own long-lived objects) out of the collector's later passes: with Ray
+    imported a full collection held the GIL, so every thread, 52-98 ms
+    (docs/scale-out.md). Objects made later are collected as before.
+    """
+    started = time.perf_counter()
+    gc.collect()
+    gc.freeze()
+    log.info("procpool: {count} objects moved out of the garbage collector's full passes "
+             "after connecting to Ray (gc.freeze; PROCPOOL_RAY_GC_FREEZE), in {ms:.0f} ms",
+             count=gc.get_freeze_count(), ms=(time.perf_counter() - started) * 1000)

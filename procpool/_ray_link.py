@@ -25,6 +25,9 @@ __all__ = ["Link", "Task", "link_for", "ray_error"]
 log = Logger()
 
 _RESOURCES_EVERY = 5.0  # seconds between looks at the cluster's CPU count (for stats)
+# A payload this big goes to Ray as an argument of its own (workers/ray_task.py),
+# not copied behind the header (a 1 MiB echo: 46% slower than plain Ray's, then 34%).
+_APART = 64 * 1024
 
 
 class Task:
@@ -107,8 +110,7 @@ class Link:
             else:
                 options["address"] = self.address
             ray.init(**options)
-        self.remote = ray.remote(max_retries=0, num_cpus=1)(ray_task.run).options(
-            name="procpool")
+        self.remote = ray.remote(max_retries=0, num_cpus=1, name="procpool")(ray_task.run)
         self.look_at_resources()
 
     def look_at_resources(self) -> None:
@@ -123,28 +125,33 @@ class Link:
     def send(self, pool: Any) -> None:
         """
         Hand Ray every task waiting in ``pool``'s outbox (one call of this
-        thread for a burst, not one per task); each task's end comes back
-        through its ObjectRef's callback into the pool's inbox.
+        thread for a burst, not one per task).
         """
         pool._sending = False  # before draining: a task put after this asks for a new send
-        outbox, header = pool._outbox, pool._header
+        outbox = pool._outbox
         while outbox:
-            task = outbox.popleft()
-            if task.deferred.called:  # cancelled or timed out before it was sent
-                continue
-            if self.remote is None:
-                self.reactor.callFromThread(pool._unsent, task, self.error)
-                continue
-            try:
-                ref = self.remote.remote(b"".join((header, task.kind, task.payload)))
-            except BaseException as exc:  # noqa: BLE001 - the task fails, not the thread
-                self.reactor.callFromThread(pool._unsent, task, exc)
-                continue
-            task.ref, task.payload = ref, b""
-            _when_done(ref, lambda outcome, task=task: pool._arrived(task, outcome))
-            # Let the reactor thread have the GIL if it waits for it: else a burst
-            # of sends would hold it for the interpreter's switch interval (5 ms).
-            time.sleep(0)
+            self.send_one(pool, outbox.popleft())
+
+    def send_one(self, pool: Any, task: Task) -> None:
+        """
+        Hand ``task`` to Ray; its end comes back through its ObjectRef's
+        callback into the pool's inbox.
+        """
+        if task.deferred.called:  # cancelled or timed out before it was sent
+            return
+        if self.remote is None:
+            self.reactor.callFromThread(pool._unsent, task, self.error)
+            return
+        try:
+            if len(task.payload) < _APART:
+                ref = self.remote.remote(b"".join((pool._header, task.kind, task.payload)))
+            else:
+                ref = self.remote.remote(pool._header + task.kind, task.payload)
+        except BaseException as exc:  # noqa: BLE001 - the task fails, not the thread
+            self.reactor.callFromThread(pool._unsent, task, exc)
+            return
+        task.ref, task.payload = ref, b""
+        _when_done(ref, lambda outcome, task=task: pool._arrived(task, outcome))
 
     def cancel(self, task: Task) -> None:
         """Force-cancel a sent task: Ray ends the worker process running it."""

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import enum
 import math
+import os
 from collections import deque
 from typing import Any
 
@@ -35,7 +36,10 @@ from twisted.python.failure import Failure
 from procpool._worker import Task, Worker, WorkerState
 from procpool.errors import PoolStopped, WorkerCrashed, WorkerStartError
 
-__all__ = ["PoolState", "WorkerSupply"]
+__all__ = ["CORES", "PoolState", "WorkerSupply"]
+
+#: The cores this process may run on: as many workers poll for work (PROCPOOL_SPIN).
+CORES = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 log = Logger()
 
@@ -76,6 +80,7 @@ class WorkerSupply:
     _workers: list[Worker]
     _ready: list[Worker]
     _starting: set[Worker]
+    _spinners: set[Worker]
     _start_failures: int
     _recycle_not_before: float
     _respawn_call: Any
@@ -129,12 +134,18 @@ class WorkerSupply:
         worker = Worker(self, self.max_payload)
         if self.recycle:
             worker.recycle_at = self.recycle - self.recycle // 5
+        # One worker a core polls for its next task (PROCPOOL_SPIN); those past
+        # the cores sleep: 8 polling workers on 2 cores ran 14.2k no-ops/s, 20.5k not.
+        spins = sum(1 for w in self._workers if w in self._spinners) < CORES
         self._workers.append(worker)
+        if spins:
+            self._spinners.add(worker)
         self._starting.add(worker)
         self.counters["workers_started"] += 1
         try:
-            self._starter.startPythonProcess(worker)
+            self._starter.startPythonProcess(worker, *(() if spins else ("--no-spin",)))
         except Exception as exc:
+            self._spinners.discard(worker)
             self._workers.remove(worker)
             self._starting.discard(worker)
             worker.move(_DEAD)
@@ -282,6 +293,7 @@ class WorkerSupply:
         was = worker.state
         self._move(worker, _DEAD)
         self._workers.remove(worker)
+        self._spinners.discard(worker)
         if worker.start_timer is not None and worker.start_timer.active():
             worker.start_timer.cancel()
         exitcode = getattr(reason.value, "exitCode", None)

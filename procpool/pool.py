@@ -132,7 +132,7 @@ class ProcessPool(TaskEndings):
         self._balance_call: Any = None        # the next look at tasks waiting behind others
         self._workers: list[Worker] = []     # every worker not yet DEAD
         self._ready: list[Worker] = []       # exactly the READY ones, in dispatch order
-        self._starting: set[Worker] = set()  # spawned, "ready" box not yet read
+        self._starting, self._spinners = set[Worker](), set[Worker]()  # no "ready" yet; polling
         self._start_failures = 0             # in a row; reset by a worker that answers
         self._recycle_not_before = 0.0
         self._respawn_call: Any = None

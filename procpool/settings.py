@@ -246,6 +246,10 @@ SETTINGS: dict[str, Setting] = {s.name: s for s in [
     Setting("PROCPOOL_RAY_ADDRESS", "local", _str(),
             "The Ray cluster of PROCPOOL_BACKEND='ray': 'local' (start one on 127.0.0.1), "
             "'auto' (the one `ray start` began here), 'host:port' or 'ray://host:10001'."),
+    Setting("PROCPOOL_RAY_GC_FREEZE", True, _bool,
+            "Once connected to Ray, move the objects alive then (Ray's modules among them) "
+            "out of the garbage collector's full passes (gc.freeze), which otherwise pause "
+            "every thread 50-100 ms; false leaves the collector alone."),
     Setting("PROCPOOL_WATCHDOG", None, _timeout,
             "Seconds the reactor thread may go without a turn before the watchdog logs "
             "the stall with the blocking call's stack (none or 0: off)."),
@@ -262,7 +266,8 @@ SETTINGS: dict[str, Setting] = {s.name: s for s in [
             "Seconds a new worker has to answer before it counts as failed to start."),
     Setting("PROCPOOL_SPIN", 0.0002, _float(0.0),
             "Seconds an idle worker polls for its next task before it sleeps (halves the "
-            "round trip on an idle machine; costs at most this much CPU per task); 0: off."),
+            "round trip on an idle machine; costs at most this much CPU per task); one "
+            "worker a core polls, the others sleep at once; 0: off."),
     Setting("PROCPOOL_TUNE_MALLOC", True, _bool,
             "Keep freed buffers of up to 32 MiB in the heap (glibc), in the host and the "
             "workers, so big payloads do not page-fault; false leaves malloc alone."),

@@ -21,15 +21,17 @@ from workers import limits, worker
 
 __all__ = ["RESULT", "header", "run"]
 
-# One task is one bytes argument (Ray serialises each argument of a remote call
-# on its own; one instead of five was 10% more tasks a second): the pool's
-# settings, then the task's kind and payload.
+# A small task is one bytes argument (Ray serialises each argument of a remote
+# call on its own; one instead of five was 10% more tasks a second): the pool's
+# settings, then the task's kind and payload. A big payload comes as a second
+# argument, so that neither side copies it into one bytes object with the rest.
 #   tune (1 byte: 0/1) | cap (8 bytes, little-endian) | len(init) (2 bytes) | init (UTF-8)
-#   | kind (1 byte: b"c" or b"s") | payload (workers/wire.py's)
+#   | kind (1 byte: b"c" or b"s") [| payload (workers/wire.py's)]
 _FIXED = struct.Struct("<BQH")
-# The answer: RESULT and the pickled result, or an error box (workers/wire.py's,
-# which starts with a key's length: its first byte is always 0).
-RESULT = b"\xff"
+# The answer is the pickled result as it is (a pickle's first byte is PROTO,
+# 0x80: protocol 5), or an error box (workers/wire.py's, which starts with a
+# key's length: its first byte is always 0). No marker byte, so no copy.
+RESULT = b"\x80"
 
 _initialised: set[str] = set()
 _tuned = False
@@ -41,11 +43,12 @@ def header(cap: int, init: str | None, tune: bool) -> bytes:
     return _FIXED.pack(int(tune), cap, len(named)) + named
 
 
-def run(task: bytes) -> bytes:
+def run(task: bytes, payload: bytes | None = None) -> bytes:
     """
-    Run one task (``header(...) + kind + payload``) and return its answer:
-    :data:`RESULT` and the pickled result, or the bytes of the error box a
-    local worker writes (workers/wire.py). Results
+    Run one task (``header(...) + kind + payload``, or ``header(...) + kind``
+    and ``payload`` apart) and return its answer: the pickled result (its
+    first byte is :data:`RESULT`), or the bytes of the error box a local
+    worker writes (workers/wire.py). Results
     over the header's ``cap`` bytes become a ``TOO_LARGE`` error. ``init``
     ('module:function', PROCPOOL_WORKER_INIT) runs once per Ray worker
     process, before its first task; if it raises, the task fails with that
@@ -58,7 +61,8 @@ def run(task: bytes) -> bytes:
     tune, cap, size = _FIXED.unpack_from(task)
     at = _FIXED.size + size
     init = task[_FIXED.size:at].decode() or None
-    kind, payload = task[at:at + 1], memoryview(task)[at + 1:]
+    kind = task[at:at + 1]
+    body = memoryview(task)[at + 1:] if payload is None else payload
     if tune and not _tuned:
         _tuned = True
         limits.tune_malloc()
@@ -68,8 +72,8 @@ def run(task: bytes) -> bytes:
         except BaseException as exc:  # noqa: BLE001 - reported like the task's own error
             return b"".join(worker._raised(b"", exc, cap))
         _initialised.add(init)
-    data, failed = worker.outcome(b"", kind, payload, cap)
-    return RESULT + data if failed is None else b"".join(failed)
+    data, failed = worker.outcome(b"", kind, body, cap)
+    return data if failed is None else b"".join(failed)
 
 
 def _call(path: str) -> Any:

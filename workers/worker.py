@@ -371,7 +371,8 @@ def main() -> None:
                                   line_buffering=True)
     # The host always sets both (procpool/_spawn.py); the defaults live there.
     cap = int(os.environ["PROCPOOL_MAX_PAYLOAD"])
-    spin = float(os.environ["PROCPOOL_SPIN"])
+    # --no-spin: one of more workers than cores, which would take a core from the others.
+    spin = 0.0 if "--no-spin" in sys.argv[1:] else float(os.environ["PROCPOOL_SPIN"])
     _call_init(os.environ.get("PROCPOOL_WORKER_INIT"))
     try:
         serve(cap, spin, wire_fds.fd_in, wire_fds.fd_out, wire_fds)

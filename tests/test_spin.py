@@ -1,0 +1,47 @@
+"""One worker a core polls for its next task (PROCPOOL_SPIN); the others sleep in read."""
+
+from __future__ import annotations
+
+import os
+import signal
+
+from twisted.internet import defer
+
+import procpool
+from procpool._supply import CORES
+from tests import core_support as s
+
+
+def _no_spin(pid: int) -> bool:
+    with open(f"/proc/{pid}/cmdline", "rb") as f:
+        return b"--no-spin" in f.read().split(b"\0")
+
+
+class MoreWorkersThanCores(s.PoolTestCase):
+    min_workers = max_workers = CORES + 2
+
+    @defer.inlineCallbacks
+    def test_only_as_many_workers_as_cores_poll_and_a_successor_takes_its_place(self):
+        pids = procpool.stats()["pids"]
+        self.assertEqual(len(pids), CORES + 2)
+        quiet = [pid for pid in pids if _no_spin(pid)]
+        self.assertEqual(len(quiet), 2)
+
+        # A polling worker that dies is replaced by one that polls.
+        polling = next(pid for pid in pids if pid not in quiet)
+        os.kill(polling, signal.SIGKILL)
+        yield s.wait_until(lambda: polling not in procpool.stats()["pids"]
+                           and len(procpool.stats()["pids"]) == CORES + 2, 15)
+        now = procpool.stats()["pids"]
+        self.assertNotIn(polling, now)
+        self.assertEqual(sorted(pid for pid in now if _no_spin(pid)), sorted(quiet))
+        self.assertEqual((yield procpool.run_async(s.add, 2, 3)), 5)
+
+
+class AsManyWorkersAsCores(s.PoolTestCase):
+    min_workers = max_workers = CORES
+
+    def test_every_worker_polls(self):
+        pids = procpool.stats()["pids"]
+        self.assertEqual(len(pids), CORES)
+        self.assertEqual([pid for pid in pids if _no_spin(pid)], [])
