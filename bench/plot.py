@@ -33,14 +33,15 @@ def _size(n: int) -> str:
     return f"{n // MiB} MiB" if n >= MiB else f"{n // 1024} KiB"
 
 
-def draw(figures: dict[str, Any], picture: str, note: str = "") -> None:
+def draw(figures: dict[str, Any], picture: str, note: str = "", keep: bool = True) -> None:
     """
-    Draw ``figures`` into ``picture`` (PNG) and keep them in its ``.json``.
+    Draw ``figures`` into ``picture`` (PNG) and, with ``keep``, keep them in
+    its ``.json``.
 
-    ``figures`` is ``{"workers": {system: {n: {"rt_p50_us": .., "burst_per_s":
-    ..}}}, "echo": {system: {size: mib_per_s}}}``; a figure that failed is
-    left out of its line. Raises SystemExit with a clear message when
-    matplotlib is missing.
+    ``figures`` is ``{"workers": {system: {"n": {"rt_p50_us": .., "burst_per_s":
+    ..}}}, "echo": {system: {"size": mib_per_s}}}``, the counts and sizes as
+    strings (as JSON keeps them); a figure that failed (None) is left out of
+    its line. Raises SystemExit with a clear message when matplotlib is missing.
     """
     try:
         import matplotlib
@@ -49,8 +50,9 @@ def draw(figures: dict[str, Any], picture: str, note: str = "") -> None:
     matplotlib.use("Agg")  # files only: no display needed
     from matplotlib import pyplot
 
-    with open(figures_path(picture), "w") as out:
-        json.dump({"note": note, **figures}, out, indent=1)
+    if keep:
+        with open(figures_path(picture), "w") as out:
+            json.dump({"note": note, **figures}, out, indent=1)
     fig, (tasks, trip, echo) = pyplot.subplots(1, 3, figsize=(15, 4.6))
     for name, by_workers in figures.get("workers", {}).items():
         counts = sorted(int(n) for n in by_workers)
@@ -94,7 +96,8 @@ def main() -> None:
     with open(sys.argv[1]) as kept:
         figures = json.load(kept)
     picture = sys.argv[2] if len(sys.argv) > 2 else os.path.splitext(sys.argv[1])[0] + ".png"
-    draw({k: v for k, v in figures.items() if k != "note"}, picture, figures.get("note", ""))
+    draw({k: v for k, v in figures.items() if k != "note"}, picture, figures.get("note", ""),
+         keep=False)  # the kept figures stay as they are
     print(f"bench: drew {picture}")
 
 

@@ -208,7 +208,8 @@ class RayPool:
             self._fail_start(WorkerStartError(
                 f"could not reach the Ray cluster at {self.address!r}: {error!r}"))
             return
-        if self.gc_freeze and not gc.get_freeze_count():
+        if self.gc_freeze and not self._link.frozen:  # type: ignore[union-attr]
+            self._link.frozen = True  # type: ignore[union-attr]
             _freeze_the_heap()
         warm = self._submit(b"c", pickle.dumps((int, (), {})), None,
                             counts=dict.fromkeys(_COUNTERS, 0))

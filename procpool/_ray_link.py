@@ -56,6 +56,7 @@ class Link:
         self.remote: Any = None      # workers.ray_task.run as a Ray remote function
         self.error: BaseException | None = None
         self.cpus = 0
+        self.frozen = False  # gc.freeze() done after connecting (RayPool, once a process)
         self.resources_at = 0.0
         self.calls: queue.SimpleQueue[tuple[Callable[..., Any], tuple[Any, ...]] | None] = (
             queue.SimpleQueue())

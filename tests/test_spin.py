@@ -45,3 +45,22 @@ class AsManyWorkersAsCores(s.PoolTestCase):
         pids = procpool.stats()["pids"]
         self.assertEqual(len(pids), CORES)
         self.assertEqual([pid for pid in pids if _no_spin(pid)], [])
+
+
+class RecycledWorkers(s.PoolTestCase):
+    min_workers = max_workers = CORES
+    extra_settings = {"PROCPOOL_RECYCLE": 10}
+
+    @defer.inlineCallbacks
+    def test_the_successor_of_a_recycled_polling_worker_polls(self):
+        # The successor starts while the old worker still finishes its tasks:
+        # that one's turn to poll must pass to it, not be counted against it.
+        first = procpool.stats()["pids"]
+        for i in range(20 * CORES):
+            yield procpool.run_async(s.add, i, 1)
+        yield s.wait_until(lambda: procpool.stats()["workers_recycled"] >= 1
+                           and len(procpool.stats()["pids"]) == CORES, 15)
+        now = procpool.stats()["pids"]
+        self.assertGreaterEqual(procpool.stats()["workers_recycled"], 1)
+        self.assertNotEqual(sorted(now), sorted(first))
+        self.assertEqual([pid for pid in now if _no_spin(pid)], [])
