@@ -93,8 +93,13 @@ def main() -> None:
     """``python bench/plot.py FILE.json [FILE.png]``: draw kept figures again."""
     if len(sys.argv) < 2:
         raise SystemExit("usage: python bench/plot.py FILE.json [FILE.png]")
-    with open(sys.argv[1]) as kept:
-        figures = json.load(kept)
+    try:
+        with open(sys.argv[1]) as kept:
+            figures = json.load(kept)
+    except (OSError, ValueError) as exc:
+        raise SystemExit(f"bench: cannot read the kept figures {sys.argv[1]!r}: {exc}") from None
+    if not isinstance(figures, dict) or not {"workers", "echo"} & set(figures):
+        raise SystemExit(f"bench: {sys.argv[1]!r} holds no figures of bench/run.py --scaling")
     picture = sys.argv[2] if len(sys.argv) > 2 else os.path.splitext(sys.argv[1])[0] + ".png"
     draw({k: v for k, v in figures.items() if k != "note"}, picture, figures.get("note", ""),
          keep=False)  # the kept figures stay as they are

@@ -56,7 +56,7 @@ class Link:
         self.remote: Any = None      # workers.ray_task.run as a Ray remote function
         self.error: BaseException | None = None
         self.cpus = 0
-        self.frozen = False  # gc.freeze() done after connecting (RayPool, once a process)
+        self.frozen = False  # gc.freeze() done after connecting (RayPool, once a connection)
         self.resources_at = 0.0
         self.calls: queue.SimpleQueue[tuple[Callable[..., Any], tuple[Any, ...]] | None] = (
             queue.SimpleQueue())
@@ -131,9 +131,9 @@ class Link:
         pool._sending = False  # before draining: a task put after this asks for a new send
         outbox = pool._outbox
         while outbox:
-            self.send_one(pool, outbox.popleft())
+            self._send_one(pool, outbox.popleft())
 
-    def send_one(self, pool: Any, task: Task) -> None:
+    def _send_one(self, pool: Any, task: Task) -> None:
         """
         Hand ``task`` to Ray; its end comes back through its ObjectRef's
         callback into the pool's inbox.

@@ -196,6 +196,8 @@ class ContractOnRay(ray_support.OnRay, Contract):
 
     def test_the_objects_alive_at_the_start_are_out_of_the_collectors_full_passes(self):
         # Ray's modules made a full collection hold the GIL 52-98 ms here.
+        from procpool import _ray_link
+        self.assertTrue(_ray_link._link.frozen)  # procpool froze it, nobody else
         self.assertGreater(gc.get_freeze_count(), 50_000)
         started = time.perf_counter()
         gc.collect()
@@ -289,16 +291,20 @@ def test_an_unreachable_cluster_fails_the_start_and_the_tasks_with_the_address()
 def test_a_game_reaches_the_cluster_through_ray_client():
     # PROCPOOL_RAY_ADDRESS="ray://host:port": in a process of its own (one Ray
     # connection a process). A builtin and a source string: nothing of the tests'
-    # own modules needs to be importable on the cluster.
+    # own modules needs to be importable on the cluster. With PROCPOOL_RAY_GC_FREEZE
+    # false, the garbage collector is left as it was.
     address = ray_support.cluster().client_address
     script = textwrap.dedent(f"""
         import os
         from twisted.internet import defer, reactor
         import procpool
-        procpool.configure(PROCPOOL_BACKEND="ray", PROCPOOL_RAY_ADDRESS="{address}")
+        procpool.configure(PROCPOOL_BACKEND="ray", PROCPOOL_RAY_ADDRESS="{address}",
+                           PROCPOOL_RAY_GC_FREEZE=False)
         @defer.inlineCallbacks
         def go():
+            import gc
             print("power", (yield procpool.run_async(pow, 2, 5)))
+            print("frozen", gc.get_freeze_count())
             print("source", (yield procpool.run_async("_return(x * 2)", x=21)))
             print("other", (yield procpool.run_async(os.getpid)) != os.getpid())
             try:
@@ -316,6 +322,7 @@ def test_a_game_reaches_the_cluster_through_ray_client():
     said = dict(line.split(" ", 1) for line in out.stdout.splitlines() if " " in line)
     assert said.get("power") == "32", out.stdout[-2000:] + out.stderr[-3000:]
     assert said.get("source") == "42"
+    assert said.get("frozen") == "0"
     assert said.get("other") == "True"
     assert said.get("timeout") == "ProcPoolTimeout"
     assert said.get("backend") == f"ray {address}"

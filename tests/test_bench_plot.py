@@ -70,3 +70,14 @@ def test_plot_without_matplotlib_says_what_to_install(tmp_path):
     assert done.returncode != 0
     assert "pip install 'procpool[plot]'" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_a_redraw_from_a_missing_or_foreign_file_says_so(tmp_path):
+    foreign = tmp_path / "other.json"
+    foreign.write_text('{"name": "not figures"}')
+    for path in (str(tmp_path / "missing.json"), str(foreign)):
+        done = subprocess.run([sys.executable, os.path.join(BENCH, "plot.py"), path],
+                              capture_output=True, text=True, timeout=60)
+        assert done.returncode != 0
+        assert path in done.stderr
+        assert "Traceback" not in done.stderr
