@@ -17,7 +17,7 @@ EVENNIA_STAMP := $(EVENNIA_VENV)/.installed
 $(STAMP): setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[test,bench,metrics,ray,plot]'
+	$(PY) -m pip install --quiet -e '.[test,bench,metrics,ray,plot]' --config-settings editable_mode=compat
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -28,7 +28,7 @@ $(EVENNIA_STAMP): setup.cfg pyproject.toml
 	else \
 	    $(PYTHON312) -m venv $(EVENNIA_VENV) && \
 	    $(EVENNIA_VENV)/bin/python -m pip install --quiet --upgrade pip && \
-	    $(EVENNIA_VENV)/bin/python -m pip install --quiet -e '.[evennia]' && \
+	    $(EVENNIA_VENV)/bin/python -m pip install --quiet -e '.[evennia]' --config-settings editable_mode=compat && \
 	    touch $(EVENNIA_STAMP); \
 	fi
 

@@ -3,14 +3,16 @@ procpool side by side with its peers, run by hand (not by CI): ``make bench``.
 
 Each system runs in a fresh interpreter, with 2 workers, warm:
 
-- start: from creating the pool to the first result;
+- start: from creating the pool to the first result, each system's modules
+  imported beforehand (a server imports them once, at boot);
 - round trip: one no-op task at a time, p50 and p99 in microseconds;
 - throughput: 20,000 no-op tasks submitted at once, tasks per second;
 - echo: a 1 MiB bytes object there and back, MiB per second.
 
 Then procpool's own goals: how late a 1 s ``proc_timeout`` fires, the
-reactor's lag while every worker burns CPU, and what recycling costs in
-throughput (at the default of 10,000 tasks, and at ampoule's 500), and what
+reactor's lag while every worker burns CPU, what recycling costs in
+throughput (at the default of 10,000 tasks, and at ampoule's 500), the
+reactor's worst gap while a 250 MiB result arrives, and what
 the reactor watchdog costs: its own CPU, and the burst's throughput in off/on
 pairs (``--watchdog-only`` runs that part alone).
 
@@ -121,6 +123,7 @@ def bench_procpool() -> dict:
     from tasks import echo, noop
 
     import procpool
+    import procpool.api  # noqa: F401 - imported before the clock starts
 
     procpool.configure(PROCPOOL_MIN_NPROC=WORKERS, PROCPOOL_MAX_NPROC=WORKERS)
 
@@ -220,6 +223,7 @@ class _Waited:
 def bench_multiprocessing() -> dict:
     """multiprocessing.Pool (fork), apply_async."""
     import multiprocessing
+    import multiprocessing.pool  # noqa: F401 - imported before the clock starts
     return _futures_bench(lambda: multiprocessing.get_context("fork").Pool(WORKERS),
                           lambda pool, fn, arg: _Waited(pool.apply_async(fn, (arg,))))
 
@@ -227,6 +231,7 @@ def bench_multiprocessing() -> dict:
 def bench_billiard() -> dict:
     """billiard.Pool (Celery's fork of multiprocessing), apply_async."""
     import billiard
+    import billiard.pool  # noqa: F401 - imported before the clock starts
     return _futures_bench(lambda: billiard.Pool(WORKERS),
                           lambda pool, fn, arg: _Waited(pool.apply_async(fn, (arg,))))
 
@@ -297,11 +302,50 @@ def bench_procpool_extras() -> dict:
             yield defer.gatherResults([pool.submit_call(noop, i) for i in range(BURST)])
             out[f"burst_recycle_{recycle}"] = BURST / (time.perf_counter() - t)
             yield pool.stop()
+        yield _big_result_stall(out)
         base = out["burst_recycle_0"]
         out["recycling_cost_pct"] = 100 * (1 - out["burst_recycle_10000"] / base)
         out["recycling_500_cost_pct"] = 100 * (1 - out["burst_recycle_500"] / base)
 
     return _in_reactor(run, out)
+
+
+BIG_RESULT = 250 * MiB
+
+
+def _big_result_stall(out: dict):
+    """The reactor's worst gap (a 1 ms ticker) while a 250 MiB result arrives, worst of 3."""
+    from tasks import make_bytes
+    from twisted.internet import defer, reactor, task
+
+    from procpool.pool import ProcessPool
+
+    @defer.inlineCallbacks
+    def run():
+        pool = ProcessPool(min_workers=1, max_workers=1)
+        yield pool.start()
+        yield pool.submit_call(make_bytes, MiB)
+        worst = 0.0
+        for _ in range(3):
+            yield task.deferLater(reactor, 0.2, lambda: None)
+            gaps, last = [0.0], [time.perf_counter()]
+
+            def tick(gaps=gaps, last=last):
+                now = time.perf_counter()
+                gaps.append(now - last[0])
+                last[0] = now
+
+            ticker = task.LoopingCall(tick)
+            ticker.start(0.001)
+            result = yield pool.submit_call(make_bytes, BIG_RESULT)
+            ticker.stop()
+            assert len(result) == BIG_RESULT
+            del result
+            worst = max(worst, max(gaps))
+        out["big_result_gap_ms"] = worst * 1000
+        yield pool.stop()
+
+    return run()
 
 
 WATCHDOG_PAIRS = 10
@@ -589,7 +633,9 @@ def main() -> None:
               f"{extras['burst_recycle_10000']:,.0f}/s recycling every 10,000 tasks (the "
               f"default; cost {extras['recycling_cost_pct']:.0f}%), "
               f"{extras['burst_recycle_500']:,.0f}/s every 500 (ampoule's default; cost "
-              f"{extras['recycling_500_cost_pct']:.0f}%: a Python start per 500 tiny tasks)")
+              f"{extras['recycling_500_cost_pct']:.0f}%: a Python start per 500 tiny tasks); "
+              f"the reactor's worst gap (1 ms ticker) while a 250 MiB result arrives "
+              f"{extras['big_result_gap_ms']:.1f} ms (worst of 3)")
         print("bench: procpool watchdog ...", file=sys.stderr, flush=True)
         dog = _one("watchdog", "--watchdog-pairs", str(args.watchdog_pairs))
         if "error" in dog:

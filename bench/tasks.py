@@ -24,3 +24,8 @@ def sleep(seconds):
     """Sleep for ``seconds``."""
     import time
     time.sleep(seconds)
+
+
+def make_bytes(size):
+    """A result of ``size`` bytes, made in the worker."""
+    return b"x" * size

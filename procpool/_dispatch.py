@@ -29,9 +29,11 @@ import time
 
 from twisted.logger import Logger
 
+from procpool import _shared
 from procpool._supply import PoolState, WorkerSupply
 from procpool._worker import MAX_DEPTH, Task, Worker, WorkerState
 from workers import wire
+from workers.shared import APART
 
 __all__ = ["Dispatch", "BALANCE_EVERY", "SLOW_TASK"]
 
@@ -93,7 +95,10 @@ class Dispatch(WorkerSupply):
     def _send(self, worker: Worker, task: Task) -> bool:
         worker.asks += 1
         task.ask = ask = b"%x" % worker.asks
-        box = wire.encode_run(ask, task.kind, task.payload)
+        task.apart = spec = (_shared.send_payload(worker.shared, ask, task.payload)
+                             if len(task.payload) >= APART else None)
+        box = (wire.encode_run(ask, task.kind, task.payload) if spec is None
+               else wire.encode_run_apart(ask, task.kind, spec))
         if not worker.send(box if isinstance(box, bytes) else b"".join(box)):
             return False
         worker.inflight.append(task)

@@ -1,8 +1,9 @@
 """
 Starting worker processes: the command, the environment, and malloc.
 
-A worker is ``python -P -m workers`` with the task pipe on fd 3 and the answer
-pipe on fd 4, started through ampoule's ``ProcessStarter`` with an injected
+A worker is ``python -P -m workers`` with the task pipe on fd 3, the answer
+pipe on fd 4 and a Unix socket for big results on fd 5, started through
+ampoule's ``ProcessStarter`` with an injected
 reactor. It inherits the host's environment and import path (ampoule
 replaced the environment and rewrote PYTHONPATH: ampoule defect 4 in
 docs/design.md), plus every setting given to ``procpool.configure()``, the
@@ -18,6 +19,7 @@ docs/design.md, "A game's own workers or sandbox").
 from __future__ import annotations
 
 import os
+import socket
 import sys
 from typing import Any
 
@@ -45,9 +47,23 @@ def _starter_class() -> type:
         """ampoule's starter, spawning ``python -P -m workers`` with the given environment."""
 
         def startPythonProcess(self, prot: Any, *args: Any) -> Any:  # noqa: N802 - ampoule's name
-            return self.reactor.spawnProcess(
-                prot, sys.executable, (sys.executable, "-P", "-m", "workers", *self.args, *args),
-                env=self.env, path=self.path, usePTY=False, childFDs=CHILD_FDS)
+            # fd 5: the worker's end of the channel its big results take
+            # (workers/shared.py); the host's end is the worker's ``shared``.
+            ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+            ours.setblocking(False)
+            prot.shared = ours
+            try:
+                return self.reactor.spawnProcess(
+                    prot, sys.executable,
+                    (sys.executable, "-P", "-m", "workers", *self.args, *args),
+                    env=self.env, path=self.path, usePTY=False,
+                    childFDs={**CHILD_FDS, 5: theirs.fileno()})
+            except BaseException:
+                prot.shared = None
+                ours.close()
+                raise
+            finally:
+                theirs.close()
 
     return WorkerStarter
 

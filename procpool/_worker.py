@@ -24,10 +24,8 @@ import enum
 import math
 import os
 import signal
-import struct
 import time
 from collections import deque
-from itertools import islice
 from typing import Any, Protocol
 
 from twisted.internet import defer, error, protocol
@@ -35,6 +33,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from procpool import _pipes
+from procpool._answers import AnswerParser, answered_in, raw_box
 from workers import wire
 
 __all__ = ["Task", "Worker", "WorkerState", "MAX_DEPTH", "SHORT_TASK", "box_size",
@@ -50,11 +49,6 @@ SHORT_TASK = 0.001
 _MAX_LINE = 16 * 1024
 #: The descriptors of a worker's two AMP pipes (see procpool/_spawn.py).
 TASK_FD, ANSWER_FD = 3, 4
-#: AMP's longest key; a longer one means the answer stream lost its framing.
-_MAX_KEY = 255
-_LENGTH = struct.Struct(">H").pack
-#: The first key of every box a worker sends (workers/wire.py).
-_OPENING = frozenset([b"_answer", b"_error", b"_command", b"_progress"])
 
 
 class Task:
@@ -74,10 +68,12 @@ class Task:
         behind another task on a worker (that worker is killed when it starts it).
     @ivar on_progress: called with each value the task reports before its
         answer (kinds ``b"C"`` and ``b"S"``), or None.
+    @ivar apart: the ``_shm`` value of its last ``run`` box, when its payload
+        crossed in shared memory (procpool/_shared.py); else None.
     """
 
     __slots__ = ("deferred", "kind", "payload", "timeout", "ask", "submitted", "sent", "timer",
-                 "cancelled", "on_progress")
+                 "cancelled", "on_progress", "apart")
 
     def __init__(self, kind: bytes, payload: bytes, timeout: float | None,
                  deferred: defer.Deferred | None = None) -> None:
@@ -91,6 +87,7 @@ class Task:
         self.timer: Any = None
         self.cancelled = False
         self.on_progress: Any = None
+        self.apart: bytes | None = None
 
     def cancel_timer(self) -> None:
         """Disarm the time limit, if armed."""
@@ -101,67 +98,12 @@ class Task:
 
 def box_size(task: Task) -> int:
     """Bytes of the ``run`` box that carried ``task`` (workers/wire.py's encode_run)."""
+    if task.apart is not None:
+        return len(wire.encode_run_apart(task.ask, task.kind, task.apart))
     size = len(task.payload)
     if size <= wire.MAX_VALUE:
         return 36 + len(task.ask) + size
     return sum(len(part) for part in wire.encode_run(task.ask, task.kind, task.payload))
-
-
-def _plausible_key(key: bytes) -> bool:
-    """Keys of the wire are short names of letters, digits, '_' and '.' (workers/wire.py)."""
-    return 0 < len(key) <= _MAX_KEY and key.translate(None, b"_.").isalnum()
-
-
-class _AnswerParser(wire.BoxParser):
-    """
-    The wire's parser, plus what the host needs to see that the stream lost its
-    framing; each key of an unfinished box is checked once (128 MiB: 2,000 keys).
-    """
-
-    __slots__ = ("_checked_box", "_checked")  # the box, how many of its keys were checked
-
-    def __init__(self) -> None:
-        super().__init__()
-        self._checked_box, self._checked = None, 0
-
-    def lost(self, max_pairs: int) -> str | None:
-        """Why the unfinished box cannot be the start of a real answer, or None."""
-        left, box = self._left, self._box
-        if self._checked_box is not box:
-            self._checked_box, self._checked = box, 0
-        keys, whole, cut = list(islice(box, self._checked, None)), len(box), 0
-        if len(left) >= 2:  # a pair cut in its value: its key may have come
-            klen = (left[0] << 8) | left[1]
-            if klen > _MAX_KEY:
-                return f"a key of {klen} bytes (AMP allows {_MAX_KEY})"
-            cut = int(len(left) >= 2 + klen)
-            keys += [bytes(left[2:2 + klen])] * cut
-        if whole + cut > max_pairs:
-            return f"an answer of more than {max_pairs} values"
-        first = next(iter(box), None) if whole else (keys[0] if keys else None)
-        if first is not None and first not in _OPENING:
-            return f"a box opening with {first[:40]!r}"
-        for key in keys:
-            if not _plausible_key(key):
-                return f"an unknown key {key[:40]!r}"
-        self._checked = whole
-        return None
-
-    def unreadable(self) -> bytes:
-        """The bytes received and not part of a whole box (to look for answers in them)."""
-        return raw_box(self._box)[:-2] + self._left  # without the box's end
-
-
-def raw_box(box: dict[bytes, Any]) -> bytes:
-    """A parsed box back as the bytes it came in."""
-    pairs = (_LENGTH(len(k)) + k + _LENGTH(len(v)) + bytes(v) for k, v in box.items())
-    return b"".join([*pairs, b"\x00\x00"])
-
-
-def answered_in(seen: bytes, ask: bytes) -> bool:
-    """Does an answer (or error) box for ``ask`` show in the bytes ``seen``?"""
-    value = _LENGTH(len(ask)) + ask
-    return (b"\x00\x07_answer" + value) in seen or (b"\x00\x06_error" + value) in seen
 
 
 class WorkerState(enum.Enum):
@@ -223,6 +165,8 @@ class Worker(protocol.ProcessProtocol):
     @ivar max_pairs: most values one answer box may hold (from the payload cap).
     @ivar taskback: a second read end of its task pipe, to take back tasks it
         has not read (procpool/_pipes.py), or None.
+    @ivar shared: the host's end of the socket its big results' memfds come
+        through (procpool/_shared.py), or None.
     @ivar garbled: once its answers lost their framing, all it wrote since
         (raw); else None. ``garbled_why`` says what was wrong.
     """
@@ -231,10 +175,11 @@ class Worker(protocol.ProcessProtocol):
         self.pool = pool
         self.pid: int | None = None
         self.state = WorkerState.STARTING
-        self.parser = _AnswerParser()
+        self.parser = AnswerParser()
         self.max_pairs = max_payload // wire.MAX_VALUE + 16
         self.recycle_at: float = math.inf
         self.taskback: int | None = None
+        self.shared: Any = None
         self.garbled: bytes | None = None
         self.garbled_why = ""
         self.inflight: deque[Task] = deque()
@@ -301,7 +246,7 @@ class Worker(protocol.ProcessProtocol):
                     pool._framing_lost(self, why)
             if self.garbled is not None:
                 self.garbled += parser.unreadable()
-                self.parser = _AnswerParser()
+                self.parser = AnswerParser()
 
     def childConnectionLost(self, childFD: int) -> None:  # noqa: N802, N803
         if childFD in (TASK_FD, ANSWER_FD):
@@ -332,6 +277,9 @@ class Worker(protocol.ProcessProtocol):
         fd, self.taskback = self.taskback, None
         if fd is not None:
             os.close(fd)
+        shared, self.shared = self.shared, None
+        if shared is not None:
+            shared.close()  # and with it any memfd the worker sent and nobody took
 
     def _settle(self, reason: Failure) -> None:
         if self.state is WorkerState.DEAD:

@@ -303,8 +303,9 @@ def start() -> defer.Deferred:
     waits = [tasks.get_handler().start()]
     if settings.get("PROCPOOL_ENABLED"):
         waits.insert(0, get_pool().start())
-    from procpool.metrics import start_metrics  # fires None unless PROCPOOL_METRICS_PORT is set
-    waits.append(start_metrics(pool=get_pool))
+    if settings.get("PROCPOOL_METRICS_PORT"):  # its import (twisted.web) costs ~40 ms
+        from procpool.metrics import start_metrics
+        waits.append(start_metrics(pool=get_pool))
     return _gather(waits)
 
 

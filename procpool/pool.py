@@ -55,7 +55,7 @@ from typing import Any
 from twisted.internet import defer
 from twisted.logger import Logger
 
-from procpool import _codec, _spawn, settings
+from procpool import _codec, _shared, _spawn, settings
 from procpool._ending import TaskEndings
 from procpool._supply import PoolState
 from procpool._worker import Task, Worker, WorkerState, raw_box
@@ -351,24 +351,42 @@ class ProcessPool(TaskEndings):
             worker.idle_since = self.clock.seconds()
             if worker.state is _RETIRING:
                 worker.close_input()
-        payload = wire.join_value(box, b"p")
-        if b"_answer" in box:
-            try:
-                result = pickle.loads(payload)
-            except Exception as exc:
-                self.counters["tasks_failed"] += 1
-                task.deferred.errback(_codec.unloadable_result(exc))
-            else:
-                self.counters["tasks_done"] += 1
-                task.deferred.callback(result)
-        else:
-            self.counters["tasks_failed"] += 1
-            task.deferred.errback(_codec.rebuild_error(box, payload))
+        self._settle_answer(worker, task, box)
         if inflight and inflight[0].cancelled:
             self._kill_running(worker)  # it was cancelled while it waited; it starts now
             self._pump()
         elif self._queue:
             self._pump()
+
+    def _settle_answer(self, worker: Worker, task: Task, box: dict[bytes, Any]) -> None:
+        """Fire ``task``'s Deferred from its answer (a big one: once a thread has read it)."""
+        if b"_answer" not in box:
+            self.counters["tasks_failed"] += 1
+            task.deferred.errback(_codec.rebuild_error(box, wire.join_value(box, b"p")))
+            return
+        apart = box.get(b"_shm")
+        if apart is not None:
+            _shared.receive(self.reactor, worker.shared, box[b"_answer"], bytes(apart),
+                            lambda result, exc: self._apart_answered(task, result, exc))
+            return
+        try:
+            result = pickle.loads(wire.join_value(box, b"p"))
+        except Exception as exc:
+            self.counters["tasks_failed"] += 1
+            task.deferred.errback(_codec.unloadable_result(exc))
+        else:
+            self.counters["tasks_done"] += 1
+            task.deferred.callback(result)
+
+    def _apart_answered(self, task: Task, result: Any, exc: BaseException | None) -> None:
+        if task.deferred.called:
+            return  # cancelled while its result was read
+        if exc is None:
+            self.counters["tasks_done"] += 1
+            task.deferred.callback(result)
+        else:
+            self.counters["tasks_failed"] += 1
+            task.deferred.errback(_codec.unloadable_result(exc))
 
     # -- figures ---------------------------------------------------------
 

@@ -72,6 +72,7 @@ def main():
         out["sandbox"] = yield procpool.limited_exec("_return(1 + 2)")
         import sandbox.host  # noqa: F401
         out["host"] = game_tasks.imported()
+        out["host_path"] = sys.path
         {after}
     except Exception as e:
         out["error"] = f"{{type(e).__name__}}: {{e}}"
@@ -155,7 +156,9 @@ def _check(out: dict, log_dir: str) -> None:
     assert out["host"]["sandbox"] is not None
     first, cwd, pythonpath = out["where"]
     assert first == cwd  # the worker's working directory comes first, as with -m
-    assert ROOT not in pythonpath.split(os.pathsep)  # what its tasks start inherits the host's
+    # What its tasks start inherits the host's path: procpool's directory is
+    # on it only where the host's own path has it (an editable install's .pth).
+    assert (ROOT in pythonpath.split(os.pathsep)) == (ROOT in out["host_path"]), pythonpath
     log = os.path.join(log_dir, "imported.log")
     assert not os.path.exists(log), open(log).read()
 

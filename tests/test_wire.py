@@ -54,12 +54,12 @@ def _answer_pieces(keys: list[bytes], size: int = 300) -> bytes:
 
 
 def test_the_hosts_framing_check_looks_at_each_key_once(monkeypatch):
-    from procpool import _worker
+    from procpool import _answers
     looked: list[bytes] = []
-    real = _worker._plausible_key
-    monkeypatch.setattr(_worker, "_plausible_key", lambda key: looked.append(key) or real(key))
+    real = _answers._plausible_key
+    monkeypatch.setattr(_answers, "_plausible_key", lambda key: looked.append(key) or real(key))
     stream = _answer_pieces([b"p.%d" % i for i in range(1, 400)])
-    parser = _worker._AnswerParser()
+    parser = _answers.AnswerParser()
     reads = 0
     for at in range(0, len(stream), 997):  # reads that cut pairs anywhere
         list(parser.feed(stream[at:at + 997]))
@@ -71,14 +71,14 @@ def test_the_hosts_framing_check_looks_at_each_key_once(monkeypatch):
 
 
 def test_the_hosts_framing_check_still_finds_a_bad_key_late_in_a_big_answer():
-    from procpool import _worker
+    from procpool import _answers
     good = _answer_pieces([b"p.%d" % i for i in range(1, 200)])
     bad = b"".join(wire._pairs(b"p.200\xff", b"v" * 300))
-    parser = _worker._AnswerParser()
+    parser = _answers.AnswerParser()
     list(parser.feed(good))
     assert parser.lost(max_pairs=10_000) is None
     list(parser.feed(bad))
     assert "unknown key" in parser.lost(max_pairs=10_000)
-    crowded = _worker._AnswerParser()
+    crowded = _answers.AnswerParser()
     list(crowded.feed(good))
     assert "more than 100 values" in crowded.lost(max_pairs=100)

@@ -25,7 +25,7 @@ import fcntl
 import os
 import select
 
-__all__ = ["Descriptors"]
+__all__ = ["Descriptors", "move_high"]
 
 #: The lowest descriptor the worker keeps its own (tasks get the low numbers).
 _BASE = 100
@@ -33,7 +33,7 @@ _STANDARD = (0, 1, 2)
 _BROKEN = select.POLLNVAL | select.POLLERR
 
 
-def _move_high(fd: int) -> int:
+def move_high(fd: int) -> int:
     """A close-on-exec copy of ``fd`` at ``_BASE`` or above (lower if the fd limit is low)."""
     for base in (_BASE, 10):
         try:
@@ -58,14 +58,16 @@ class Descriptors:
     ``repair(bad)``, which is False when the worker must leave.
     """
 
-    def __init__(self, fd_in: int = 3, fd_out: int = 4) -> None:
-        self.fd_in = _move_high(fd_in)
-        self.fd_out = _move_high(fd_out)
+    def __init__(self, fd_in: int = 3, fd_out: int = 4, also: int | None = None) -> None:
+        self.fd_in = move_high(fd_in)
+        self.fd_out = move_high(fd_out)
         os.close(fd_in)
         os.close(fd_out)
-        self._saved = {fd: _move_high(fd) if _is_open(fd) else None for fd in _STANDARD}
+        self._saved = {fd: move_high(fd) if _is_open(fd) else None for fd in _STANDARD}
         poller = select.poll()
-        for fd in (*_STANDARD, self.fd_in, self.fd_out):
+        # ``also``: the shared-memory socket (workers/shared.py), watched like the wire.
+        self._wire = (self.fd_in, self.fd_out) if also is None else (self.fd_in, self.fd_out, also)
+        for fd in (*_STANDARD, *self._wire):
             poller.register(fd, 0)  # no events asked: only hang-ups and closed descriptors
         self.watch = poller.poll
         bad = self.watch(0)
@@ -75,7 +77,7 @@ class Descriptors:
     def repair(self, bad: list[tuple[int, int]]) -> bool:
         """Put back what a task broke among 0, 1, 2; False if the wire itself is broken."""
         for fd, events in bad:
-            if fd in (self.fd_in, self.fd_out):
+            if fd in self._wire:
                 if events & _BROKEN:
                     return False
                 continue  # the host closed the task pipe: the next read says so

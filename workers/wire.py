@@ -22,6 +22,8 @@ direction   keys                                         meaning
 ==========  ===========================================  ===================
 worker ->   ``_command=ready``, ``pid``                  started, waiting
 host ->     ``_command=run``, ``_ask``, ``k``, ``p``     run payload ``p``
+host ->     ``_command=run``, ``_ask``, ``k``, ``_shm``  the same, ``p`` in a memfd
+worker ->   ``_answer``, ``_shm``                        the result in a memfd
 worker ->   ``_answer``, ``p``                           pickled result
 worker ->   ``_error``, ``_error_code``,                 the task raised, or
             ``_error_description``, ``p``,               its result could
@@ -50,6 +52,7 @@ __all__ = [
     "encode_box",
     "encode_error",
     "encode_run",
+    "encode_run_apart",
     "BoxParser",
     "join_value",
 ]
@@ -121,6 +124,12 @@ def encode_run(ask: bytes, kind: bytes, payload: bytes) -> bytes | list[bytes | 
     if len(payload) <= MAX_VALUE:
         return b"".join((head, b"\x00\x01p", _pack(len(payload)), payload, b"\x00\x00"))
     return [head, *_pairs(b"p", payload), b"\x00\x00"]
+
+
+def encode_run_apart(ask: bytes, kind: bytes, spec: bytes) -> bytes:
+    """The ``run`` box of a task whose payload crossed in shared memory (workers/shared.py)."""
+    return _RUN_HEAD + _pack(len(ask)) + ask + _KIND[kind] + b"\x00\x04_shm" + \
+        _pack(len(spec)) + spec + b"\x00\x00"
 
 
 def join_value(box: dict[bytes, bytes | memoryview], key: bytes) -> bytes | memoryview:

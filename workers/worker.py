@@ -29,7 +29,7 @@ import traceback
 from collections.abc import Iterator
 from typing import Any
 
-from workers import hygiene, limits, pickling, reaper, reporting, wire
+from workers import hygiene, limits, pickling, reaper, reporting, shared, wire
 from workers.source import run_source
 
 __all__ = ["main", "serve"]
@@ -39,6 +39,8 @@ FD_OUT = 4
 _READ_SIZE = 1 << 20
 #: PROCPOOL_MAX_MEMORY in bytes, or None (set by main; workers/limits.py).
 _memory_limit: int | None = None
+#: The worker's end of the channel big results take (workers/shared.py), or None.
+_channel: Any = None
 
 
 def _write_all(fd: int, parts: list[bytes | memoryview] | bytes) -> None:
@@ -132,15 +134,25 @@ def answer(ask: bytes, kind: bytes, payload: bytes, cap: int) -> list:
     PROCPOOL_MAX_MEMORY raises :class:`limits.OverTheLimit` instead, once the
     task's frames (and what they held) are gone.
     """
-    data, failed = outcome(ask, kind, payload, cap)
-    return failed if data is None else wire.encode_box({b"_answer": ask, b"p": data})
+    data, failed = outcome(ask, kind, payload, cap, apart=_channel is not None)
+    if data is None:
+        return failed
+    if type(data) is shared.Apart:
+        spec = shared.send(_channel, ask, data)
+        if spec is not None:
+            return wire.encode_box({b"_answer": ask, b"_shm": spec})
+        data = data.value if data.pickled else pickling.dumps(data.value)
+    return wire.encode_box({b"_answer": ask, b"p": data})
 
 
-def outcome(ask: bytes, kind: bytes, payload: Any, cap: int) -> tuple[bytes | None, list | None]:
+def outcome(ask: bytes, kind: bytes, payload: Any, cap: int,
+            apart: bool = False) -> tuple[Any, list | None]:
     """
     Run a task: ``(its pickled result, None)``, or ``(None, the error box's
     parts)`` when it raised, its result does not pickle or is over ``cap``
-    bytes. :func:`answer` frames the result; the Ray backend sends it bare.
+    bytes. With ``apart``, a result of ``shared.APART`` bytes or more comes
+    as a :class:`shared.Apart` to send through shared memory. :func:`answer`
+    frames the result; the Ray backend sends it bare.
     """
     try:
         result = run_task(kind, payload) if kind in b"cs" else _run_reporting(ask, kind, payload,
@@ -152,6 +164,8 @@ def outcome(ask: bytes, kind: bytes, payload: Any, cap: int) -> tuple[bytes | No
     except BaseException as exc:  # noqa: BLE001 - a task's SystemExit must not end the worker
         return None, _raised(ask, exc, cap)
     else:
+        if apart and type(result) is bytes and shared.APART <= len(result) <= cap:
+            return shared.Apart(result, pickled=False), None  # no pickle, no copy
         try:
             data = pickling.dumps(result)
         except Exception as exc:
@@ -162,7 +176,8 @@ def outcome(ask: bytes, kind: bytes, payload: Any, cap: int) -> tuple[bytes | No
             return None, wire.encode_error(ask, wire.TOO_LARGE,
                                            "the task's result is over the payload cap",
                                            size=len(data), cap=cap)
-        return data, None
+        return (shared.Apart(data, pickled=True) if apart and len(data) >= shared.APART
+                else data), None
     raise limits.OverTheLimit(limits.exceeded(ask, _memory_limit, text))
 
 
@@ -209,9 +224,8 @@ def serve(cap: int, spin: float, fd_in: int = FD_IN, fd_out: int = FD_OUT,
             if box.get(b"_command") != b"run":
                 continue
             ask = box.get(b"_ask", b"")
-            payload = wire.join_value(box, b"p")
             try:
-                reply = answer(ask, box.get(b"k", b""), payload, cap)
+                reply = answer(ask, box.get(b"k", b""), _payload_of(box, ask), cap)
             except limits.OverTheLimit as over:
                 _last_answers(over.answer, boxes, parser, fd_in, fd_out, cap)
                 return
@@ -221,6 +235,14 @@ def serve(cap: int, spin: float, fd_in: int = FD_IN, fd_out: int = FD_OUT,
                 sys.stderr.write("workers: a task closed this worker's pipes to the host; "
                                  "it exits and the pool starts another\n")
                 return
+
+
+def _payload_of(box: dict, ask: bytes) -> bytes:
+    """A ``run`` box's payload: its ``p``, or the memfd its ``_shm`` says came with it."""
+    spec = box.get(b"_shm")
+    if spec is None:
+        return wire.join_value(box, b"p")
+    return shared.receive(_channel, ask, bytes(spec))
 
 
 def _nothing_wrong(timeout: int) -> list:
@@ -242,8 +264,8 @@ def _last_answers(first: list, rest: Iterator[dict], parser: wire.BoxParser, fd_
         if box.get(b"_command") != b"run":
             continue
         try:
-            reply = answer(box.get(b"_ask", b""), box.get(b"k", b""),
-                           wire.join_value(box, b"p"), cap)
+            ask = box.get(b"_ask", b"")
+            reply = answer(ask, box.get(b"k", b""), _payload_of(box, ask), cap)
         except limits.OverTheLimit as over:
             reply = over.answer
         _write_all(fd_out, reply)
@@ -356,12 +378,13 @@ def main() -> None:
     except OSError:
         pass
     _widen_pipes()
-    wire_fds = hygiene.Descriptors(FD_IN, FD_OUT)  # 3 and 4 are the tasks' from now on
+    global _channel, _memory_limit
+    _channel = shared.open_channel()  # 3, 4 and 5 are the tasks' from now on
+    wire_fds = hygiene.Descriptors(FD_IN, FD_OUT, None if _channel is None else _channel.fd)
     # Nothing a task starts outlives this worker, and no task takes more
     # than PROCPOOL_MAX_MEMORY. Both before the user changes: they import
     # ctypes and resource, which that user may not be able to read.
     reaper.start()
-    global _memory_limit
     _memory_limit = limits.from_environment()
     limits.apply(_memory_limit)
     _drop_privileges()  # before PDEATHSIG: a change of credentials clears it
