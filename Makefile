@@ -18,6 +18,8 @@ $(STAMP): setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[test,bench,metrics,ray,plot]' --config-settings editable_mode=compat
+	@# Bytecode now: with PYTHONDONTWRITEBYTECODE set, every worker would compile its modules at start.
+	$(PY) -m compileall -q procpool workers sandbox >/dev/null
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -29,6 +31,7 @@ $(EVENNIA_STAMP): setup.cfg pyproject.toml
 	    $(PYTHON312) -m venv $(EVENNIA_VENV) && \
 	    $(EVENNIA_VENV)/bin/python -m pip install --quiet --upgrade pip && \
 	    $(EVENNIA_VENV)/bin/python -m pip install --quiet -e '.[evennia]' --config-settings editable_mode=compat && \
+	    $(EVENNIA_VENV)/bin/python -m compileall -q procpool workers sandbox >/dev/null && \
 	    touch $(EVENNIA_STAMP); \
 	fi
 

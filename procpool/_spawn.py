@@ -1,18 +1,19 @@
 """
 Starting worker processes: the command, the environment, and malloc.
 
-A worker is ``python -P -m workers`` with the task pipe on fd 3, the answer
-pipe on fd 4 and a Unix socket for big results on fd 5, started through
-ampoule's ``ProcessStarter`` with an injected
-reactor. It inherits the host's environment and import path (ampoule
-replaced the environment and rewrote PYTHONPATH: ampoule defect 4 in
-docs/design.md), plus every setting given to ``procpool.configure()``, the
-pool's payload cap, its spin time and its memory limit, each written once here.
+A worker is ``python -P .../workers/__main__.py`` (the script, not
+``-m workers``: runpy would cost every start ~4 ms) with the task pipe on
+fd 3, the answer pipe on fd 4 and a Unix socket for big results on fd 5,
+started through ampoule's ``ProcessStarter`` with an injected reactor. It
+inherits the host's environment and import path (ampoule replaced the
+environment and rewrote PYTHONPATH: ampoule defect 4 in docs/design.md),
+plus every setting given to ``procpool.configure()``, the pool's payload
+cap, its spin time and its memory limit, each written once here.
 
 ``-P`` and the directory holding procpool's own ``workers`` package first on
-PYTHONPATH make ``-m workers`` find that package, never a game's ``workers``
-in the working directory or on the host's path; the worker then puts its
-working directory back in that first place (workers/__main__.py, and
+PYTHONPATH make the script's ``import workers`` find that package, never a
+game's ``workers`` in the working directory or on the host's path; the
+worker then puts its working directory back in that first place (workers/__main__.py, and
 docs/design.md, "A game's own workers or sandbox").
 """
 
@@ -36,6 +37,8 @@ log = Logger()
 CHILD_FDS = {0: "w", 1: "r", 2: "r", 3: "w", 4: "r"}
 #: The directory holding procpool's own ``procpool``, ``workers`` and ``sandbox``.
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+#: What a worker runs (workers/__main__.py).
+WORKER_SCRIPT = os.path.join(_ROOT, "workers", "__main__.py")
 
 
 def _starter_class() -> type:
@@ -44,7 +47,7 @@ def _starter_class() -> type:
     from ampoule.main import ProcessStarter
 
     class WorkerStarter(ProcessStarter):
-        """ampoule's starter, spawning ``python -P -m workers`` with the given environment."""
+        """ampoule's starter, spawning a worker (WORKER_SCRIPT) with the given environment."""
 
         def startPythonProcess(self, prot: Any, *args: Any) -> Any:  # noqa: N802 - ampoule's name
             # fd 5: the worker's end of the channel its big results take
@@ -55,7 +58,7 @@ def _starter_class() -> type:
             try:
                 return self.reactor.spawnProcess(
                     prot, sys.executable,
-                    (sys.executable, "-P", "-m", "workers", *self.args, *args),
+                    (sys.executable, "-P", WORKER_SCRIPT, *self.args, *args),
                     env=self.env, path=self.path, usePTY=False,
                     childFDs={**CHILD_FDS, 5: theirs.fileno()})
             except BaseException:

@@ -300,9 +300,11 @@ def start() -> defer.Deferred:
     global _stopped
     _stopped = False
     _start_watchdog()
-    waits = [tasks.get_handler().start()]
+    waits = []
     if settings.get("PROCPOOL_ENABLED"):
-        waits.insert(0, get_pool().start())
+        # First: the workers start while the task handler opens its storage.
+        waits.append(get_pool().start())
+    waits.append(tasks.get_handler().start())
     if settings.get("PROCPOOL_METRICS_PORT"):  # its import (twisted.web) costs ~40 ms
         from procpool.metrics import start_metrics
         waits.append(start_metrics(pool=get_pool))

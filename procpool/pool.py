@@ -14,7 +14,7 @@ The pool of worker processes, and the path one call takes through it.
         |             ahead to a worker whose recent tasks were short (fewer
         |             than MAX_DEPTH in flight); bounded: PROCPOOL_MAX_QUEUE
         v
-    Worker.inflight (FIFO)  ----- AMP box "run" on fd 3 ----->  python -P -m workers
+    Worker.inflight (FIFO)  ----- AMP box "run" on fd 3 ----->  workers/__main__.py
         ^     (procpool/_worker.py)                                |  runs tasks in
         |                                                          |  order, answers
         +------ AMP box "_answer" / "_error" on fd 4 --------------+  each before the

@@ -231,7 +231,8 @@ class Game:
                     env = f.read()
             except OSError:
                 continue
-            if b"workers" in cmd and b"-m" in cmd and self.gamedir.encode() in env:
+            is_worker = any(arg.endswith(b"/workers/__main__.py") for arg in cmd)
+            if is_worker and self.gamedir.encode() in env:
                 pids.append(int(d))
         return pids
 

@@ -198,6 +198,12 @@ class Identity(s.PoolTestCase):
         # read them (here the interpreter's own library lives under /root); the
         # worker keeps serving.
         self.assertEqual((yield pool.submit_source("_return(sum(range(5)))")), 10)
+        # What the worker itself imports on first use (the traceback of an
+        # error, the socket a big result crosses) it imported before the change.
+        with self.assertRaises(ValueError):
+            yield pool.submit_source("raise ValueError('as nobody')")
+        big = yield pool.submit_source("_return(b'x' * (2 << 20))")
+        self.assertEqual(len(big), 2 << 20)
 
     @defer.inlineCallbacks
     def test_setting_names_resolve_to_ids(self):

@@ -1,7 +1,7 @@
 """
 The worker side of procpool: what runs inside a worker process.
 
-``python -m workers`` starts one (the host does this; you never need to).
+``workers/__main__.py`` starts one (the host does this; you never need to).
 Code shipped to a worker may use :mod:`workers.db` for a database
 connection of its own, and ``from workers import progress`` to report
 progress to ``at_progress`` (workers/reporting.py). Nothing here imports Twisted.

@@ -15,10 +15,9 @@ Nothing here runs per task.
 
 from __future__ import annotations
 
+import _pickle as pickle  # the C pickler alone: module pickle imports re and enum (~5 ms)
 import os
-import pickle
 import sys
-import traceback
 
 from workers import wire
 
@@ -53,6 +52,8 @@ def apply(limit: int | None) -> None:
 def traceback_text(exc: BaseException) -> str:
     """The task's traceback, if there is memory left to format it."""
     try:
+        import traceback  # here: it costs a worker's start ~3 ms
+
         return "".join(traceback.format_exception(exc))
     except MemoryError:
         return "MemoryError (no memory was left to format its traceback)\n"
@@ -65,7 +66,7 @@ def _pickled_error(limit: int) -> bytes:
     """
     number = pickle.dumps(limit, protocol=2)[2:-1]  # the int's opcodes alone
     return (b"\x80\x02cprocpool.errors\nMemoryLimitExceeded\n" + number
-            + pickle.TUPLE1 + pickle.REDUCE + pickle.STOP)
+            + b"\x85R.")  # TUPLE1, REDUCE, STOP
 
 
 def exceeded(ask: bytes, limit: int, text: str) -> list:

@@ -19,7 +19,7 @@ Shared by the workers and the host's thread fallback; standard library only.
 
 from __future__ import annotations
 
-import threading
+from _thread import _local  # threading.local, without importing threading
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -29,7 +29,7 @@ if TYPE_CHECKING:
 __all__ = ["progress", "reporting"]
 
 # The sender of the task running in this thread, when its caller asked for progress.
-_current = threading.local()
+_current = _local()
 
 
 def progress(value: Any) -> None:

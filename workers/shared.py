@@ -29,9 +29,12 @@ from __future__ import annotations
 
 import os
 import stat
-from typing import Any
 
 from workers.hygiene import move_high
+
+TYPE_CHECKING = False  # not typing's: importing typing costs a worker's start ~3 ms
+if TYPE_CHECKING:
+    from typing import Any
 
 __all__ = ["APART", "Apart", "Channel", "open_channel", "send", "take", "receive"]
 

@@ -19,7 +19,6 @@ ProcPool retried with ``exec`` after any error and so ran code twice).
 
 from __future__ import annotations
 
-import ast
 import builtins
 
 TYPE_CHECKING = False  # not typing.TYPE_CHECKING: the sandbox child imports this module,
@@ -33,6 +32,8 @@ _UNSET = object()
 
 def compile_source(source: str, filename: str = "<source>") -> tuple[Any, bool]:
     """Compile ``source`` once; also say whether it is a lone expression."""
+    import ast  # here: a worker that runs no source never pays its import
+
     tree = ast.parse(source, filename, "exec")
     if len(tree.body) == 1 and isinstance(tree.body[0], ast.Expr):
         expression = ast.Expression(tree.body[0].value)

@@ -1,7 +1,7 @@
 """
 The worker process: read a task, run it, answer, repeat.
 
-Started by the host as ``python -m workers`` with AMP on descriptors 3 (in)
+Started by the host as ``python -P workers/__main__.py`` with AMP on descriptors 3 (in)
 and 4 (out). It runs one task at a time, in the order they arrive, and
 writes each answer before it starts the next task: so when a worker dies,
 the host knows the oldest unanswered task is the one that killed it, and
@@ -19,18 +19,20 @@ input.
 
 from __future__ import annotations
 
+import _pickle as pickle  # the C pickler alone: module pickle imports re and enum (~5 ms)
 import io
 import os
-import pickle
 import select
 import sys
 import time
-import traceback
-from collections.abc import Iterator
-from typing import Any
 
 from workers import hygiene, limits, pickling, reaper, reporting, shared, wire
 from workers.source import run_source
+
+TYPE_CHECKING = False  # not typing's: importing typing costs a worker's start ~3 ms
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+    from typing import Any
 
 __all__ = ["main", "serve"]
 
@@ -69,6 +71,8 @@ def _describe(exc: BaseException) -> wire.ErrorInfo:
         message = str(exc)
     except Exception:
         message = f"<{type_name} whose str() failed>"
+    import traceback  # here, not at the top: it costs a worker's start ~3 ms
+
     text = "".join(traceback.format_exception(exc))
     try:
         pickled = pickle.dumps(exc, protocol=5)
@@ -322,6 +326,13 @@ def _drop_privileges() -> None:
     """Become PROCPOOL_WORKER_UID/GID (set by the host from PROCPOOL_UID/GID)."""
     uid = os.environ.get("PROCPOOL_WORKER_UID")
     gid = os.environ.get("PROCPOOL_WORKER_GID")
+    if uid or gid:
+        # What the worker imports only when first needed (a source string,
+        # an error's traceback, a big result), now: that user may not be
+        # able to read it.
+        import ast  # noqa: F401
+        import socket  # noqa: F401
+        import traceback  # noqa: F401
     if gid:
         if os.getuid() == 0:
             os.setgroups([])
@@ -368,7 +379,7 @@ def _call_init(spec: str | None) -> None:
 
 
 def main() -> None:
-    """Entry point of ``python -m workers``."""
+    """Entry point of a worker (workers/__main__.py)."""
     if not _started_by_a_host():
         sys.stderr.write("workers: this is a procpool worker process; procpool's pool starts it "
                          "with its pipes on fds 3 and 4 (there is nothing to run by hand)\n")
