@@ -327,7 +327,8 @@ class Worker(protocol.ProcessProtocol):
 
     def read_all_sent(self) -> bool:
         """Has the worker read every box sent to it? (Then what is sent next waits in the pipe.)"""
-        return _pipes.unread(self.transport, TASK_FD) == 0
+        return (_pipes.unread(self.transport, TASK_FD) == 0
+                and _pipes.unwritten(self.transport, TASK_FD) == 0)
 
     def withdraw(self) -> list[Task]:
         """

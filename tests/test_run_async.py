@@ -84,6 +84,19 @@ class SourceStrings(s.PoolTestCase):
 
 class Callables(s.PoolTestCase):
     @defer.inlineCallbacks
+    def test_a_task_in_flight_gives_the_garbage_collector_three_objects(self):
+        # Its Deferred, that Deferred's list of callbacks and the pool's
+        # record of it: with a failure-settling errback too (four tuples
+        # more), a full collection during a burst of 20,000 took ~2x as long.
+        yield procpool.run_async(s.add, 1, 2)
+        gc.collect()
+        before = len(gc.get_objects())
+        waiting = [procpool.run_async(s.add, i, 1) for i in range(500)]
+        tracked = len(gc.get_objects()) - before
+        self.assertLessEqual(tracked, 3 * 500 + 50)
+        self.assertEqual((yield defer.gatherResults(waiting)), [i + 1 for i in range(500)])
+
+    @defer.inlineCallbacks
     def test_lambda_runs_in_a_worker_process(self):
         result = yield procpool.run_async(lambda: __import__("os").getpid())
         self.assertNotEqual(result, os.getpid())

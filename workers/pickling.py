@@ -49,8 +49,11 @@ def _may_name_main(obj: Any) -> bool:
         return True  # a partial, a callable object...: scan its pickle
     for part in rest:
         values = part.values() if type(part) is dict else part
-        if type(values) not in _SEQUENCES or any(type(v) not in _PLAIN for v in values):
+        if type(values) not in _SEQUENCES:
             return True
+        for value in values:  # a loop, not any(): no generator per call
+            if type(value) not in _PLAIN:
+                return True
     return False
 
 

