@@ -86,7 +86,7 @@ class AsyncResult(defer.Deferred):
 
             d = AsyncResult().settle_failures("my job")
         """
-        if not self.called and not self._callbacks:
+        if not self.called and not _chain_of(self):
             # Nothing comes before the step: it runs as the Deferred fires
             # (_startRunCallbacks), without an errback's four tuples per
             # call for the garbage collector to walk (docs/design.md, "Figures").
@@ -108,6 +108,12 @@ class AsyncResult(defer.Deferred):
             self._settle_at_fire = False
             result = _settle(result, self, self._what)
         super()._startRunCallbacks(result)
+
+
+def _chain_of(d: defer.Deferred) -> list[Any]:
+    """The Deferred's callbacks (``_callbacks`` in newer Twisted, where ``callbacks`` warns)."""
+    chain = getattr(d, "_callbacks", None)
+    return d.callbacks if chain is None else chain
 
 
 def _settle(failure: Failure, d: AsyncResult, what: str | None) -> Failure | None:

@@ -82,7 +82,9 @@ class SourceStrings(s.PoolTestCase):
             yield procpool.run_async("_return(1)\n1/0")
 
 
-class Callables(s.PoolTestCase):
+class Collector(s.PoolTestCase):
+    """What the local pool's tasks in flight cost the garbage collector."""
+
     @defer.inlineCallbacks
     def test_a_task_in_flight_gives_the_garbage_collector_three_objects(self):
         # Its Deferred, that Deferred's list of callbacks and the pool's
@@ -96,6 +98,8 @@ class Callables(s.PoolTestCase):
         self.assertLessEqual(tracked, 3 * 500 + 50)
         self.assertEqual((yield defer.gatherResults(waiting)), [i + 1 for i in range(500)])
 
+
+class Callables(s.PoolTestCase):
     @defer.inlineCallbacks
     def test_lambda_runs_in_a_worker_process(self):
         result = yield procpool.run_async(lambda: __import__("os").getpid())
