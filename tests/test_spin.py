@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
 
 from twisted.internet import defer
 
 import procpool
 from procpool._supply import CORES
 from tests import core_support as s
+from workers.worker import SHARED_CORE_BACKOFF
 
 
 def _no_spin(pid: int) -> bool:
@@ -64,3 +67,44 @@ class RecycledWorkers(s.PoolTestCase):
         self.assertGreaterEqual(procpool.stats()["workers_recycled"], 1)
         self.assertNotEqual(sorted(now), sorted(first))
         self.assertEqual([pid for pid in now if _no_spin(pid)], [])
+
+
+#: Polls for 5 ms on a pipe nothing is written to, pinned to one core, with
+#: (argv[1] == "held") or without a busy process pinned to that core too.
+_SHARED_CORE_SCRIPT = """
+import os, select, subprocess, sys, time
+from workers import worker
+cpu = min(os.sched_getaffinity(0))
+os.sched_setaffinity(0, {cpu})
+busy = None
+if sys.argv[1] == "held":
+    busy = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    os.sched_setaffinity(busy.pid, {cpu})
+    time.sleep(0.05)
+r, w = os.pipe()
+poller = select.poll()
+poller.register(r, select.POLLIN)
+worker._wait_briefly(poller, 0.005)
+print(worker._no_poll_for)
+if busy is not None:
+    busy.kill()
+"""
+
+
+def _spells_without_poll(how: str) -> int:
+    done = subprocess.run([sys.executable, "-c", _SHARED_CORE_SCRIPT, how],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    return int(done.stdout)
+
+
+def test_a_poll_that_shares_its_core_gives_way_to_sleeping():
+    # Runnable but not running, a polling worker notices its task later than
+    # a sleeping one would be woken for it: it sleeps for the next spells.
+    assert _spells_without_poll("held") == SHARED_CORE_BACKOFF
+
+
+def test_a_poll_with_its_core_to_itself_goes_on_polling():
+    # The core may be busy for a moment on a loaded machine: one of five
+    # tries with the core free is enough.
+    assert 0 in [_spells_without_poll("free") for _ in range(5)]

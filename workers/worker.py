@@ -185,23 +185,43 @@ def outcome(ask: bytes, kind: bytes, payload: Any, cap: int,
     raise limits.OverTheLimit(limits.exceeded(ask, _memory_limit, text))
 
 
+#: Idle spells left without a poll, after a poll that had to share its core.
+_no_poll_for = 0
+#: How many idle spells a worker sleeps at once after its poll shared its core.
+SHARED_CORE_BACKOFF = 64
+
+
 def _wait_briefly(poller: select.poll, spin: float) -> None:
     """
     Poll for the next task for up to ``spin`` seconds before blocking in read.
     Waking a sleeping process costs more than the round trip itself on an
     idle machine (about 50 us), and tasks often come one after another.
-    Between polls it yields its core: where the host waits for one (more
-    busy processes than cores), the host runs first, and the poll goes on
-    after it (20,000 no-ops on 2 cores: 17.1k -> 21.1k/s, round trip unchanged).
+
+    Between polls it yields its core, so a host waiting for that core runs
+    first (20,000 no-ops on 2 cores: 17.1k -> 21.1k/s). A poll that got
+    less than half of its core (the host or another process kept it) is
+    worse than sleeping: the worker, runnable but not running, notices a
+    task later than a woken one would. It then sleeps at once for the next
+    SHARED_CORE_BACKOFF idle spells (with one core held by another process:
+    round trip p50 64-90 -> about 40 us, docs/design.md).
     """
+    global _no_poll_for
     if poller.poll(0):
         return
-    deadline = time.perf_counter() + spin
+    if _no_poll_for:
+        _no_poll_for -= 1
+        return
+    clock, cpu = time.perf_counter, time.thread_time
+    began, began_cpu = clock(), cpu()
+    deadline = began + spin
     yield_core = os.sched_yield
-    while time.perf_counter() < deadline:
+    while clock() < deadline:
         if poller.poll(0):
-            return
+            break
         yield_core()
+    wall = clock() - began
+    if wall > 20e-6 and cpu() - began_cpu < wall / 2:
+        _no_poll_for = SHARED_CORE_BACKOFF
 
 
 def serve(cap: int, spin: float, fd_in: int = FD_IN, fd_out: int = FD_OUT,
