@@ -32,6 +32,11 @@ __all__ = ["AsyncResult"]
 
 log = Logger()
 
+#: Twisted's callback() and errback() both pass through this method: an
+#: AsyncResult with nothing chained yet settles a failure there (a Twisted
+#: without it gets the errback settle_failures adds otherwise).
+_AT_FIRE = callable(getattr(defer.Deferred, "_startRunCallbacks", None))
+
 
 class AsyncResult(defer.Deferred):
     """
@@ -86,7 +91,7 @@ class AsyncResult(defer.Deferred):
 
             d = AsyncResult().settle_failures("my job")
         """
-        if not self.called and not _chain_of(self):
+        if _AT_FIRE and not self.called and not _chain_of(self):
             # Nothing comes before the step: it runs as the Deferred fires
             # (_startRunCallbacks), without an errback's four tuples per
             # call for the garbage collector to walk (docs/design.md, "Figures").

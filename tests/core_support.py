@@ -206,6 +206,13 @@ def fork_grandchild(path: str) -> None:
     time.sleep(100)
 
 
+def in_a_multiprocessing_child(method: str) -> int:
+    """abs(-3), worked out in a child of a multiprocessing pool started with ``method``."""
+    import multiprocessing
+    with multiprocessing.get_context(method).Pool(1) as pool:
+        return pool.apply_async(abs, (-3,)).get(timeout=30)
+
+
 def allocate(n: int) -> int:
     """Allocate ``n`` bytes at once and return how many."""
     return len(bytearray(n))

@@ -202,6 +202,8 @@ class Identity(s.PoolTestCase):
         # error, the socket a big result crosses) it imported before the change.
         with self.assertRaises(ValueError):
             yield pool.submit_source("raise ValueError('as nobody')")
+        with self.assertRaises(ValueError):  # non-ASCII text: traceback measures its width
+            yield pool.submit_source("raise ValueError('caf\u00e9')  # caf\u00e9")
         big = yield pool.submit_source("_return(b'x' * (2 << 20))")
         self.assertEqual(len(big), 2 << 20)
 
@@ -216,6 +218,30 @@ class Identity(s.PoolTestCase):
         uid = yield pool.submit_source("import os\n_return(os.getuid())")
         import pwd
         self.assertEqual(uid, pwd.getpwnam("nobody").pw_uid)
+
+
+class MultiprocessingInATask(s.PoolTestCase):
+    """A task may start processes of its own with every multiprocessing start method."""
+
+    min_workers = max_workers = 1
+
+    @defer.inlineCallbacks
+    def test_spawn_and_forkserver_children_run_their_work(self):
+        # Their children run the worker's __main__ again (as __mp_main__): it
+        # must do nothing there, not turn the child into a procpool worker.
+        for method in ("spawn", "forkserver", "fork"):
+            self.assertEqual((yield procpool.run_async(s.in_a_multiprocessing_child, method)), 3)
+        # multiprocessing's helper processes (its forkserver, its resource
+        # tracker) hold the worker's pipes until the worker's reaper ends
+        # them, a moment after the worker itself.
+        yield procpool.stop()
+        from twisted.internet import reactor
+
+        def pipes_left() -> list:
+            return [p for p in reactor.getReaders() + reactor.getWriters()
+                    if type(p).__module__ == "twisted.internet.process"]
+
+        self.assertTrue((yield s.wait_until(lambda: not pipes_left(), 10)), pipes_left())
 
 
 class MallocTuning(s.PoolTestCase):

@@ -144,6 +144,12 @@ class MemoryLimit(s.PoolTestCase):
     def test_memory_taken_a_little_at_a_time_is_stopped_at_the_limit_too(self):
         with self.assertRaises(MemoryLimitExceeded):
             yield procpool.run_async(s.allocate_gradually, 1024 * MiB)
+        # A source string: this module's helpers import traceback into the worker.
+        with self.assertRaises(MemoryLimitExceeded) as caught:
+            yield procpool.run_async("def grow_forever():\n    kept = []\n    while True:\n"
+                                     "        kept.append(bytearray(64 * 1024))\ngrow_forever()")
+        # All the memory is still taken when the traceback is written: it names the task.
+        self.assertIn("grow_forever", caught.exception.remote_traceback)
         self.assertEqual((yield procpool.run_async(s.allocate, 50 * MiB)), 50 * MiB)
 
     @defer.inlineCallbacks

@@ -9,7 +9,9 @@ own, whatever the working directory or the game's path holds. Once it is
 imported, that first entry is taken out again: the working directory takes
 its place (where ``-m`` would put it), and PYTHONPATH loses it, so tasks and
 what they start see the path the host had. ``python -m workers`` by hand
-says what this is and exits.
+says what this is and exits. A task's multiprocessing child started with
+``spawn`` or ``forkserver`` runs this file again as ``__mp_main__``: it
+then does nothing.
 """
 
 import os
@@ -33,10 +35,11 @@ def _settle_path() -> None:
             del os.environ["PYTHONPATH"]
 
 
-# Imported before the path is settled: run as a script, nothing has imported
-# the package yet, and only the first entry is sure to find procpool's own.
-# Its submodules are found through the package from then on.
-from workers.worker import main  # noqa: E402
+if __name__ == "__main__":  # not in a child of multiprocessing's spawn or forkserver
+    # Imported before the path is settled: run as a script, nothing has
+    # imported the package yet, and only the first entry is sure to find
+    # procpool's own. Its submodules are found through the package from then on.
+    from workers.worker import main
 
-_settle_path()
-main()
+    _settle_path()
+    main()

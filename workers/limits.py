@@ -56,7 +56,27 @@ def traceback_text(exc: BaseException) -> str:
 
         return "".join(traceback.format_exception(exc))
     except MemoryError:
+        pass
+    try:
+        return _frames_text(exc)
+    except MemoryError:
         return "MemoryError (no memory was left to format its traceback)\n"
+
+
+def _frames_text(exc: BaseException) -> str:
+    """
+    The traceback's frames without their source lines, with no import: at
+    the limit, importing traceback (or reading a source file) fails for
+    want of memory while the task's frames still hold what it took.
+    """
+    lines = ["Traceback (most recent call last), without source lines:\n"]
+    tb = exc.__traceback__
+    while tb is not None:
+        code = tb.tb_frame.f_code
+        lines.append(f'  File "{code.co_filename}", line {tb.tb_lineno}, in {code.co_name}\n')
+        tb = tb.tb_next
+    lines.append(f"{type(exc).__name__}: {exc}\n")
+    return "".join(lines)
 
 
 def _pickled_error(limit: int) -> bytes:

@@ -185,10 +185,10 @@ def outcome(ask: bytes, kind: bytes, payload: Any, cap: int,
     raise limits.OverTheLimit(limits.exceeded(ask, _memory_limit, text))
 
 
-#: Idle spells left without a poll, after a poll that had to share its core.
-_no_poll_for = 0
-#: How many idle spells a worker sleeps at once after its poll shared its core.
-SHARED_CORE_BACKOFF = 64
+#: ``perf_counter()`` until which idle spells sleep at once: a poll shared its core.
+_no_poll_until = 0.0
+#: Seconds a worker sleeps at once in its idle spells after its poll shared its core.
+SHARED_CORE_BACKOFF = 0.02
 
 
 def _wait_briefly(poller: select.poll, spin: float) -> None:
@@ -201,27 +201,28 @@ def _wait_briefly(poller: select.poll, spin: float) -> None:
     first (20,000 no-ops on 2 cores: 17.1k -> 21.1k/s). A poll that got
     less than half of its core (the host or another process kept it) is
     worse than sleeping: the worker, runnable but not running, notices a
-    task later than a woken one would. It then sleeps at once for the next
-    SHARED_CORE_BACKOFF idle spells (with one core held by another process:
-    round trip p50 64-90 -> about 40 us, docs/design.md).
+    task later than a woken one would. It then sleeps at once in its idle
+    spells for SHARED_CORE_BACKOFF seconds (with one core held by another
+    process: round trip p50 64-90 -> about 40 us, docs/design.md).
     """
-    global _no_poll_for
+    global _no_poll_until
     if poller.poll(0):
         return
-    if _no_poll_for:
-        _no_poll_for -= 1
-        return
     clock, cpu = time.perf_counter, time.thread_time
-    began, began_cpu = clock(), cpu()
+    began = clock()
+    if began < _no_poll_until:
+        return
+    began_cpu = cpu()
     deadline = began + spin
     yield_core = os.sched_yield
     while clock() < deadline:
         if poller.poll(0):
             break
         yield_core()
-    wall = clock() - began
+    ended = clock()
+    wall = ended - began
     if wall > 20e-6 and cpu() - began_cpu < wall / 2:
-        _no_poll_for = SHARED_CORE_BACKOFF
+        _no_poll_until = ended + SHARED_CORE_BACKOFF
 
 
 def serve(cap: int, spin: float, fd_in: int = FD_IN, fd_out: int = FD_OUT,
@@ -353,11 +354,17 @@ def _drop_privileges() -> None:
     gid = os.environ.get("PROCPOOL_WORKER_GID")
     if uid or gid:
         # What the worker imports only when first needed (a source string,
-        # an error's traceback, a big result), now: that user may not be
-        # able to read it.
+        # an error's traceback and its non-ASCII text, a big result,
+        # PROCPOOL_WORKER_INIT, a call only dill can pickle), now: that user
+        # may not be able to read the interpreter's library.
         import ast  # noqa: F401
+        import importlib  # noqa: F401
         import socket  # noqa: F401
         import traceback  # noqa: F401
+        import unicodedata  # noqa: F401
+        import warnings  # noqa: F401
+
+        import dill  # noqa: F401
     if gid:
         if os.getuid() == 0:
             os.setgroups([])
