@@ -355,9 +355,11 @@ def _drop_privileges() -> None:
     if uid or gid:
         # What the worker imports only when first needed (a source string,
         # an error's traceback and its non-ASCII text, a big result,
-        # PROCPOOL_WORKER_INIT, a call only dill can pickle), now: that user
-        # may not be able to read the interpreter's library.
+        # PROCPOOL_WORKER_INIT, a call only dill can pickle, the prctl of
+        # _die_with_parent), now: that user may not be able to read the
+        # interpreter's library.
         import ast  # noqa: F401
+        import ctypes  # noqa: F401
         import importlib  # noqa: F401
         import socket  # noqa: F401
         import traceback  # noqa: F401
