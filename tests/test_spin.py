@@ -12,7 +12,7 @@ from twisted.internet import defer
 import procpool
 from procpool._supply import CORES
 from tests import core_support as s
-from workers.worker import SHARED_CORE_BACKOFF
+from workers.polling import SHARED_CORE_BACKOFF
 
 
 def _no_spin(pid: int) -> bool:
@@ -73,7 +73,7 @@ class RecycledWorkers(s.PoolTestCase):
 #: (argv[1] == "held") or without a busy process pinned to that core too.
 _SHARED_CORE_SCRIPT = """
 import os, select, subprocess, sys, time
-from workers import worker
+from workers import polling
 cpu = min(os.sched_getaffinity(0))
 os.sched_setaffinity(0, {cpu})
 busy = None
@@ -84,8 +84,8 @@ if sys.argv[1] == "held":
 r, w = os.pipe()
 poller = select.poll()
 poller.register(r, select.POLLIN)
-worker._wait_briefly(poller, 0.005)
-print(worker._no_poll_until > 0)
+polling.wait_briefly(poller, 0.005)
+print(polling._no_poll_until > 0)
 if busy is not None:
     busy.kill()
 """
