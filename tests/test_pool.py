@@ -457,7 +457,9 @@ class Recycling(s.PoolTestCase):
         self.assertLessEqual(figures["workers_recycled"], 20, figures)
         self.assertEqual(figures["workers_started"], 2 + figures["workers_recycled"], figures)
         yield task.deferLater(reactor, 0.3, lambda: None)
-        self.assertEqual(len(os.listdir("/proc/self/fd")), fds_before)
+        # No more than before: one the host held then may have closed since
+        # (a full run once counted 54 against 55 before).
+        self.assertLessEqual(len(os.listdir("/proc/self/fd")), fds_before)
         zombies = [p for p, state in s.children_of(os.getpid()) if state == "Z"]
         self.assertEqual(zombies, [])
         self.assertEqual(len(s.children_of(os.getpid())), 2)
