@@ -219,6 +219,18 @@ class Identity(s.PoolTestCase):
         import pwd
         self.assertEqual(uid, pwd.getpwnam("nobody").pw_uid)
 
+    @defer.inlineCallbacks
+    def test_a_worker_init_runs_after_the_change_of_user(self):
+        if os.getuid() != 0:
+            raise unittest.SkipTest("changing user needs root")
+        # Loaded with importlib, which the worker imports before the change
+        # (here site's own start-up may already have imported it).
+        procpool.configure(PROCPOOL_UID="nobody", PROCPOOL_WORKER_INIT="os:getpid")
+        pool = ProcessPool(min_workers=1, max_workers=1)
+        self.addCleanup(pool.stop)
+        yield pool.start()
+        self.assertEqual((yield pool.submit_source("_return(6 * 7)")), 42)
+
 
 class MultiprocessingInATask(s.PoolTestCase):
     """A task may start processes of its own with every multiprocessing start method."""
