@@ -292,14 +292,17 @@ def test_a_game_reaches_the_cluster_through_ray_client():
     # PROCPOOL_RAY_ADDRESS="ray://host:port": in a process of its own (one Ray
     # connection a process). A builtin and a source string: nothing of the tests'
     # own modules needs to be importable on the cluster. With PROCPOOL_RAY_GC_FREEZE
-    # false, the garbage collector is left as it was.
+    # false, the garbage collector is left as it was. The first task waits
+    # for the client server's own process and a Ray worker to start: on a
+    # loaded 2-core machine, 30 s (the default start timeout) was not always
+    # enough (2 runs in 7).
     address = ray_support.cluster().client_address
     script = textwrap.dedent(f"""
         import os
         from twisted.internet import defer, reactor
         import procpool
         procpool.configure(PROCPOOL_BACKEND="ray", PROCPOOL_RAY_ADDRESS="{address}",
-                           PROCPOOL_RAY_GC_FREEZE=False)
+                           PROCPOOL_RAY_GC_FREEZE=False, PROCPOOL_START_TIMEOUT=120)
         @defer.inlineCallbacks
         def go():
             import gc
