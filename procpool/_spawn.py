@@ -13,8 +13,8 @@ cap, its spin time and its memory limit, each written once here.
 ``-P`` and the directory holding procpool's own ``workers`` package first on
 PYTHONPATH make the script's ``import workers`` find that package, never a
 game's ``workers`` in the working directory or on the host's path; the
-worker then puts its working directory back in that first place (workers/__main__.py, and
-docs/design.md, "A game's own workers or sandbox").
+worker then puts its working directory back in that first place
+(workers/__main__.py, and docs/design.md, "A game's own workers or sandbox").
 """
 
 from __future__ import annotations

@@ -11,6 +11,7 @@ import subprocess
 import sys
 import textwrap
 import time
+from typing import Any
 
 from twisted.internet import defer, reactor, task
 from twisted.trial import unittest
@@ -182,15 +183,19 @@ class Environment(s.PoolTestCase):
 
 
 class Identity(s.PoolTestCase):
-    @defer.inlineCallbacks
-    def test_workers_run_as_the_configured_user_and_group(self):
+    def started_pool(self, **given: Any) -> defer.Deferred:
+        """A one-worker pool of its own (``given`` as ProcessPool takes them), once started."""
         if os.getuid() != 0:
             raise unittest.SkipTest("changing user needs root")
+        pool = ProcessPool(min_workers=1, max_workers=1, **given)
+        self.addCleanup(pool.stop)
+        return pool.start().addCallback(lambda _: pool)
+
+    @defer.inlineCallbacks
+    def test_workers_run_as_the_configured_user_and_group(self):
         import pwd
         nobody = pwd.getpwnam("nobody")
-        pool = ProcessPool(min_workers=1, max_workers=1, uid=nobody.pw_uid, gid=nobody.pw_gid)
-        self.addCleanup(pool.stop)
-        yield pool.start()
+        pool = yield self.started_pool(uid=nobody.pw_uid, gid=nobody.pw_gid)
         ids = yield pool.submit_source("import os\n_return([os.getuid(), os.getgid(), "
                                        "os.getgroups()])")
         self.assertEqual(ids, [nobody.pw_uid, nobody.pw_gid, []])
@@ -209,27 +214,22 @@ class Identity(s.PoolTestCase):
 
     @defer.inlineCallbacks
     def test_setting_names_resolve_to_ids(self):
-        if os.getuid() != 0:
-            raise unittest.SkipTest("changing user needs root")
         procpool.configure(PROCPOOL_UID="nobody", PROCPOOL_GID="nogroup")
-        pool = ProcessPool(min_workers=1, max_workers=1)
-        self.addCleanup(pool.stop)
-        yield pool.start()
+        pool = yield self.started_pool()
         uid = yield pool.submit_source("import os\n_return(os.getuid())")
         import pwd
         self.assertEqual(uid, pwd.getpwnam("nobody").pw_uid)
 
     @defer.inlineCallbacks
     def test_a_worker_init_runs_after_the_change_of_user(self):
-        if os.getuid() != 0:
-            raise unittest.SkipTest("changing user needs root")
         # Loaded with importlib, which the worker imports before the change
-        # (here site's own start-up may already have imported it).
-        procpool.configure(PROCPOOL_UID="nobody", PROCPOOL_WORKER_INIT="os:getpid")
-        pool = ProcessPool(min_workers=1, max_workers=1)
-        self.addCleanup(pool.stop)
-        yield pool.start()
-        self.assertEqual((yield pool.submit_source("_return(6 * 7)")), 42)
+        # (here site's own start-up may already have imported it); the init
+        # turns the worker's collector off, which the task then sees.
+        procpool.configure(PROCPOOL_UID="nobody", PROCPOOL_WORKER_INIT="gc:disable")
+        pool = yield self.started_pool()
+        self.assertEqual((yield pool.submit_source("import gc, os\n"
+                                                   "_return([gc.isenabled(), os.getuid()])")),
+                         [False, __import__("pwd").getpwnam("nobody").pw_uid])
 
 
 class MultiprocessingInATask(s.PoolTestCase):
