@@ -24,9 +24,11 @@ import socket
 import sys
 from typing import Any
 
+from twisted.internet import defer
 from twisted.logger import Logger
 
 from procpool import settings
+from procpool._forker import ForkFailed, ForkServer
 from workers.limits import MMAP_THRESHOLD, TRIM_THRESHOLD, tune_malloc
 
 __all__ = ["make_starter", "tune_malloc"]
@@ -49,24 +51,46 @@ def _starter_class() -> type:
     class WorkerStarter(ProcessStarter):
         """ampoule's starter, spawning a worker (WORKER_SCRIPT) with the given environment."""
 
+        #: The pool's fork server (procpool/_forker.py), or None: spawn every worker.
+        fork_server: Any = None
+
         def startPythonProcess(self, prot: Any, *args: Any) -> Any:  # noqa: N802 - ampoule's name
             # fd 5: the worker's end of the channel its big results take
             # (workers/shared.py); the host's end is the worker's ``shared``.
             ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
             ours.setblocking(False)
             prot.shared = ours
+            child_fds = {**CHILD_FDS, 5: theirs.fileno()}
             try:
+                if self.fork_server is not None and self.fork_server.ready:
+                    try:
+                        return self.fork_server.fork(prot, child_fds, "--no-spin" not in args)
+                    except ForkFailed as exc:
+                        log.warn("procpool: {error}; spawning the worker instead",
+                                 error=str(exc))
                 return self.reactor.spawnProcess(
                     prot, sys.executable,
                     (sys.executable, "-P", WORKER_SCRIPT, *self.args, *args),
-                    env=self.env, path=self.path, usePTY=False,
-                    childFDs={**CHILD_FDS, 5: theirs.fileno()})
+                    env=self.env, path=self.path, usePTY=False, childFDs=child_fds)
             except BaseException:
                 prot.shared = None
                 ours.close()
                 raise
             finally:
                 theirs.close()
+
+        def launch_fork_server(self, prot: Any, control_fd: int) -> Any:
+            """Spawn the fork server (workers/forker.py) with its control socket on fd 3."""
+            return self.reactor.spawnProcess(
+                prot, sys.executable, (sys.executable, "-P", WORKER_SCRIPT, "--forker"),
+                env=self.env, path=self.path, usePTY=False,
+                childFDs={0: "w", 1: "r", 2: "r", 3: control_fd})
+
+        def stop(self) -> defer.Deferred:
+            """Stop the fork server, if any; fires once it has ended."""
+            if self.fork_server is None:
+                return defer.succeed(None)
+            return self.fork_server.stop()
 
     return WorkerStarter
 
@@ -101,15 +125,22 @@ def _environment(max_payload: int, uid: int | None, gid: int | None) -> dict[str
 
 
 def make_starter(reactor: Any, *, max_payload: int, uid: int | None, gid: int | None,
-                 directory: str | None) -> Any:
+                 directory: str | None, clock: Any = None, fork_server: bool = False,
+                 start_timeout: float = 30.0) -> Any:
     """
-    A starter whose ``startPythonProcess(protocol)`` spawns one worker;
-    the environment is fixed now, when the pool starts.
+    A starter whose ``startPythonProcess(protocol)`` starts one worker; the
+    environment is fixed now, when the pool starts. With ``fork_server``, a
+    fork server starts now too, and workers are forked by it once it is
+    ready (spawned before that, or while it cannot fork); ``stop()`` ends it.
     """
     env = _environment(max_payload, uid, gid)
     _warn_of_hidden_modules([directory or os.getcwd(), *env["PYTHONPATH"].split(os.pathsep)])
     starter = _starter_class()(env=env, path=directory)
     starter.reactor = reactor
+    if fork_server:
+        starter.fork_server = ForkServer(reactor, clock if clock is not None else reactor,
+                                         starter.launch_fork_server, start_timeout)
+        starter.fork_server.start()
     return starter
 
 

@@ -159,8 +159,10 @@ class ProcessPool(TaskEndings):
         self.state = PoolState.RUNNING
         if settings.get("PROCPOOL_TUNE_MALLOC"):
             _spawn.tune_malloc()
-        self._starter = _spawn.make_starter(self.reactor, max_payload=self.max_payload,
-                                            uid=self.uid, gid=self.gid, directory=self.directory)
+        self._starter = _spawn.make_starter(
+            self.reactor, max_payload=self.max_payload, uid=self.uid, gid=self.gid,
+            directory=self.directory, clock=self.clock, start_timeout=self.start_timeout,
+            fork_server=settings.get("PROCPOOL_FORK_SERVER"))
         self._shutdown_trigger = self.reactor.addSystemEventTrigger(
             "before", "shutdown", lambda: self.stop(settings.get("PROCPOOL_STOP_GRACE")))
         started = [self._spawn().started for _ in range(self.min_workers)]
@@ -218,8 +220,11 @@ class ProcessPool(TaskEndings):
         if self._stop_kill is not None and self._stop_kill.active():
             self._stop_kill.cancel()
         self._stop_kill = None
-        if self._stopped is not None and not self._stopped.called:
-            self._stopped.callback(None)
+        stopped = self._stopped
+        if stopped is not None and not stopped.called:
+            # The fork server goes last: it reaps the workers.
+            ended = self._starter.stop() if self._starter is not None else defer.succeed(None)
+            ended.addBoth(lambda _: None if stopped.called else stopped.callback(None))
 
     # -- submitting ------------------------------------------------------
 

@@ -288,3 +288,50 @@ def pid_in(path: str) -> int | None:
     except FileNotFoundError:
         return None
     return int(text) if text else None
+
+
+def identity() -> tuple[int, int, int]:
+    """This process's pid, process group and session."""
+    return os.getpid(), os.getpgid(0), os.getsid(0)
+
+
+def write_at_exit(path: str, text: str) -> bool:
+    """Register an atexit hook that writes ``text`` to ``path`` when this process leaves."""
+    import atexit
+
+    def write() -> None:
+        with open(path, "w") as f:
+            f.write(text)
+
+    atexit.register(write)
+    return True
+
+
+def parent_of(p: int) -> int | None:
+    """The parent pid of process ``p``, or None if it is gone."""
+    try:
+        with open(f"/proc/{p}/stat") as f:
+            return int(f.read().rsplit(")", 1)[1].split()[1])
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+
+
+def gone_within(p: int, seconds: float) -> bool:
+    """Wait (blocking, up to ``seconds``) for process ``p`` to be gone or a zombie."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if not alive(p):
+            return True
+        time.sleep(0.05)
+    return not alive(p)
+
+
+def pid_in_within(path: str, seconds: float) -> int | None:
+    """Wait (blocking, up to ``seconds``) for a pid to be written in ``path``."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        found = pid_in(path)
+        if found is not None:
+            return found
+        time.sleep(0.05)
+    return None

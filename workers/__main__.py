@@ -9,7 +9,8 @@ own, whatever the working directory or the game's path holds. Once it is
 imported, that first entry is taken out again: the working directory takes
 its place (where ``-m`` would put it), and PYTHONPATH loses it, so tasks and
 what they start see the path the host had. ``python -m workers`` by hand
-says what this is and exits. A task's multiprocessing child started with
+says what this is and exits. With ``--forker`` it is the pool's fork
+server, and its forked children become workers here. A task's multiprocessing child started with
 ``spawn`` or ``forkserver`` runs this file again as ``__mp_main__``: it
 then does nothing.
 """
@@ -42,4 +43,11 @@ if __name__ == "__main__":  # not in a child of multiprocessing's spawn or forks
     from workers.worker import main
 
     _settle_path()
+    if sys.argv[1:2] == ["--forker"]:
+        # The fork server (workers/forker.py): serve() returns only in a
+        # forked worker, which then starts here like a spawned one.
+        from workers import forker
+
+        forker.serve()
+        forker.run_worker(main)
     main()

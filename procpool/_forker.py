@@ -1,0 +1,381 @@
+"""
+The host's side of the fork server (workers/forker.py): workers forked by a
+process that has already imported what they need, instead of each spawned
+as a fresh interpreter (about 2 ms against about 25 ms of CPU per start;
+docs/design.md, "The fork server").
+
+A forked worker is the server's child, not the host's, so Twisted cannot
+wait for it. :class:`ForkedProcess` is Twisted's process transport with the
+same pipes (procpool/_pipes.py works on it unchanged) but with no fork and
+no ``waitpid`` of its own: the server reaps the worker and reports its
+status, and :class:`ForkServer` hands that to the transport's
+``processEnded``, as Twisted's reaper would have.
+
+When the server dies, so do its workers (``PR_SET_PDEATHSIG``); the host
+kills their process groups too, should one not have asked yet, and ends
+each with the status of a SIGKILL, so their tasks settle as for any worker
+killed. The pool spawns workers meanwhile; a new server starts after a pause.
+"""
+
+from __future__ import annotations
+
+import enum
+import os
+import select
+import signal
+import socket
+import time
+from collections.abc import Callable
+from typing import Any
+
+from twisted.internet import defer, error, protocol
+from twisted.internet.interfaces import IReadDescriptor
+from twisted.internet.process import Process, _BaseProcess
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+__all__ = ["ForkFailed", "ForkServer", "ForkedProcess"]
+
+log = Logger()
+
+#: Seconds the reactor waits for the server's answer to a fork (about 1 ms as a rule).
+REPLY_TIMEOUT = 1.0
+#: A server that dies before it is ready this many times in a row is not started again.
+MAX_FAILED_STARTS = 3
+_MESSAGE = 256
+_WORKER_FDS = 6  # workers/forker.py's WORKER_FDS: a worker's 0-5
+
+
+class ForkFailed(Exception):
+    """The fork server could not fork a worker; the caller spawns one instead."""
+
+
+class ForkedProcess(Process):
+    """
+    The transport of a worker the fork server forked. ``child_fds`` is
+    Twisted's ``childFDs`` for descriptors 0-5 (``"r"``, ``"w"`` or a
+    descriptor of the host's to give); ``fork(fds)`` sends the child's ends
+    to the server and returns the worker's pid, or raises.
+    """
+
+    def __init__(self, reactor: Any, proto: protocol.ProcessProtocol,
+                 child_fds: dict[int, Any], fork: Callable[[list[int]], int]) -> None:
+        if sorted(child_fds) != list(range(_WORKER_FDS)):
+            raise ValueError(f"a forked worker takes descriptors 0-{_WORKER_FDS - 1}")
+        self._reactor = reactor
+        _BaseProcess.__init__(self, proto)
+        self.pipes: dict[int, Any] = {}
+        ours: dict[int, int] = {}
+        theirs: dict[int, int] = {}
+        opened: list[int] = []
+        try:
+            for child_fd, target in sorted(child_fds.items()):
+                if target not in ("r", "w"):
+                    theirs[child_fd] = target
+                    continue
+                read, write = os.pipe()
+                opened += [read, write]
+                ours[child_fd], theirs[child_fd] = (read, write) if target == "r" else (write,
+                                                                                       read)
+            self.pid = fork([theirs[fd] for fd in range(_WORKER_FDS)])
+        except BaseException:
+            for fd in opened:
+                os.close(fd)
+            raise
+        for child_fd, fd in ours.items():
+            os.close(theirs[child_fd])
+            if child_fds[child_fd] == "r":
+                self.pipes[child_fd] = self.processReaderFactory(reactor, self, child_fd, fd)
+            else:
+                self.pipes[child_fd] = self.processWriterFactory(reactor, self, child_fd, fd,
+                                                                 forceReadHack=True)
+        self.proto = proto
+        try:
+            proto.makeConnection(self)
+        except Exception:
+            log.failure("procpool: a forked worker's protocol failed to connect")
+
+    def reapProcess(self) -> None:  # noqa: N802 - Twisted's name
+        """Nothing to wait for here: the server reaps the worker and reports its end."""
+
+
+class ServerState(enum.Enum):
+    """A fork server's life: STARTING -> READY -> GONE (a new one may follow), or STOPPED."""
+
+    STARTING = "starting"
+    READY = "ready"
+    GONE = "gone"
+    STOPPED = "stopped"
+
+
+@implementer(IReadDescriptor)
+class ForkServer:
+    """
+    The pool's fork server, started again after a pause if it dies.
+
+    ``launch(protocol, control_fd)`` spawns ``workers/__main__.py --forker``
+    with the server's end of the control socket on fd 3 and returns its
+    transport (procpool/_spawn.py).
+
+    @ivar state: a :class:`ServerState`; :meth:`fork` works only when READY.
+    @ivar pid: the server's pid, while it runs.
+    @ivar forked: workers forked so far, over every server started.
+    """
+
+    def __init__(self, reactor: Any, clock: Any,
+                 launch: Callable[[protocol.ProcessProtocol, int], Any],
+                 start_timeout: float = 30.0) -> None:
+        self.reactor, self.clock = reactor, clock
+        self.state = ServerState.GONE
+        self.pid: int | None = None
+        self.forked = 0
+        self._launch = launch
+        self._start_timeout = start_timeout
+        self._control: socket.socket | None = None
+        self._transport: Any = None
+        self._children: dict[int, ForkedProcess] = {}
+        self._backlog: list[bytes] = []
+        self._timer: Any = None
+        self._failed_starts = 0
+        self._protocol: _ServerProtocol | None = None
+
+    @property
+    def ready(self) -> bool:
+        """May :meth:`fork` be called now?"""
+        return self.state is ServerState.READY
+
+    def start(self) -> None:
+        """Spawn a server; it is ready once it says so (workers spawn meanwhile)."""
+        if self.state in (ServerState.STARTING, ServerState.READY, ServerState.STOPPED):
+            return
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        self._protocol = _ServerProtocol(self)
+        try:
+            self._transport = self._launch(self._protocol, theirs.fileno())
+        except Exception as exc:
+            ours.close()
+            log.warn("procpool: the fork server could not start ({error}); workers are "
+                     "spawned instead", error=str(exc))
+            self._protocol = None
+            self._failed(ready=False)
+            return
+        finally:
+            theirs.close()
+        ours.setblocking(False)
+        self._control = ours
+        self.pid = self._transport.pid
+        self.state = ServerState.STARTING
+        self.reactor.addReader(self)
+        self._timer = self.clock.callLater(self._start_timeout, self._overdue)
+
+    def fork(self, proto: protocol.ProcessProtocol, child_fds: dict[int, Any],
+             spin: bool) -> ForkedProcess:
+        """Fork a worker for ``proto`` (its transport is returned); raises :class:`ForkFailed`."""
+        if self.state is not ServerState.READY or self._control is None:
+            raise ForkFailed(f"the fork server is {self.state.value}")
+        request = b"fork s" if spin else b"fork n"
+
+        def ask(fds: list[int]) -> int:
+            try:
+                socket.send_fds(self._control, [request], fds)
+            except OSError as exc:
+                raise ForkFailed(f"the fork server did not take the request: {exc}") from None
+            return self._answer()
+
+        process = ForkedProcess(self.reactor, proto, child_fds, ask)
+        self._children[process.pid] = process
+        self.forked += 1
+        return process
+
+    def stop(self) -> defer.Deferred:
+        """Let the server go (at EOF on its socket it exits); fires once it has ended."""
+        self.state = ServerState.STOPPED
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = None
+        self._close_control()
+        running = self._protocol
+        if running is None or running.ended.called:
+            return defer.succeed(None)
+        # It exits at EOF; one that does not within a few seconds is killed.
+        kill = self.clock.callLater(5.0, self._kill)
+        done: defer.Deferred = defer.Deferred()
+
+        def ended(_: object) -> None:
+            if kill.active():
+                kill.cancel()
+            done.callback(None)
+
+        running.ended.addBoth(ended)
+        return done
+
+    # -- the control socket (IReadDescriptor) --------------------------------
+
+    def fileno(self) -> int:
+        """The host's end of the control socket (-1 once closed)."""
+        return self._control.fileno() if self._control is not None else -1
+
+    def logPrefix(self) -> str:  # noqa: N802 - Twisted's name
+        """What Twisted's log calls this reader."""
+        return "procpool fork server"
+
+    def doRead(self) -> None:  # noqa: N802 - Twisted's name
+        """Read what the server said: that it is ready, and which workers ended."""
+        for message in self._read_all():
+            self._message(message)
+
+    def connectionLost(self, reason: Failure) -> None:  # noqa: N802 - Twisted's name
+        """The reactor dropped the socket: fork nothing more through it."""
+        self._close_control()
+
+    # -- steps ---------------------------------------------------------------
+
+    def _read_all(self) -> list[bytes]:
+        """The messages waiting on the socket, the backlog first; an EOF ends the server."""
+        messages, self._backlog = self._backlog, []
+        while self._control is not None:
+            try:
+                data = self._control.recv(_MESSAGE)
+            except BlockingIOError:
+                break
+            except OSError:
+                data = b""
+            if not data:
+                self._close_control()
+                break
+            messages.append(data)
+        return messages
+
+    def _message(self, message: bytes) -> None:
+        word, _, rest = message.partition(b" ")
+        if word == b"exit":
+            pid, status = (int(part) for part in rest.split())
+            process = self._children.pop(pid, None)
+            if process is not None:
+                process.processEnded(status)
+        elif word == b"ready" and self.state is ServerState.STARTING:
+            self.state = ServerState.READY
+            self._failed_starts = 0
+            if self._timer is not None and self._timer.active():
+                self._timer.cancel()
+            self._timer = None
+            log.debug("fork server {pid} ready", pid=self.pid)
+
+    def _answer(self) -> int:
+        """Wait (blocking, at most REPLY_TIMEOUT) for the answer to a fork request."""
+        control = self._control
+        assert control is not None
+        poller = select.poll()
+        poller.register(control, select.POLLIN)
+        deadline = time.monotonic() + REPLY_TIMEOUT
+        while (left := deadline - time.monotonic()) > 0:
+            if not poller.poll(left * 1000):
+                break
+            try:
+                data = control.recv(_MESSAGE)
+            except BlockingIOError:
+                continue
+            if data.startswith(b"pid "):
+                return int(data[4:])
+            if data.startswith(b"error "):
+                raise ForkFailed(data[6:].decode("utf-8", "replace"))
+            if not data:
+                raise ForkFailed("the fork server closed its socket")
+            if not self._backlog:
+                self.reactor.callLater(0, self.doRead)
+            self._backlog.append(data)  # a worker's end: read on the reactor's next turn
+        self._kill()
+        raise ForkFailed(f"the fork server did not answer within {REPLY_TIMEOUT:g} s")
+
+    def _overdue(self) -> None:
+        self._timer = None
+        if self.state is ServerState.STARTING:
+            log.warn("procpool: the fork server did not start within {s} s; killing it",
+                     s=self._start_timeout)
+            self._kill()
+
+    def _kill(self) -> None:
+        try:
+            self._transport.signalProcess("KILL")
+        except (error.ProcessExitedAlready, AttributeError, OSError):
+            pass
+
+    def _close_control(self) -> None:
+        control, self._control = self._control, None
+        if control is not None:
+            self.reactor.removeReader(self)
+            control.close()
+
+    def _lost(self, running: _ServerProtocol, why: str) -> None:
+        """
+        The server died: read its last reports, then end each of its workers
+        still alive as killed, and start another later.
+        """
+        if running is not self._protocol:
+            return  # an earlier server's; its workers were settled then
+        for message in self._read_all():
+            self._message(message)
+        self._close_control()
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()  # the start deadline of a server that died starting
+        self._timer = None
+        was = self.state
+        if was is not ServerState.STOPPED:
+            self.state = ServerState.GONE
+        children = list(self._children.values())
+        self._children.clear()
+        for process in children:
+            try:
+                os.killpg(process.pid, signal.SIGKILL)
+            except (OSError, TypeError):
+                pass
+        for process in children:
+            process.processEnded(signal.SIGKILL)  # the waitpid status of a SIGKILL
+        if was is ServerState.STOPPED:
+            return
+        log.warn("procpool: the fork server {pid} ended ({why}); {n} of its workers were "
+                 "killed with it; workers are spawned until another is ready",
+                 pid=self.pid, why=why, n=len(children))
+        self._failed(ready=was is ServerState.READY)
+
+    def _failed(self, ready: bool) -> None:
+        """Start another server after a pause, unless starts keep failing."""
+        self.pid = None
+        self._failed_starts = 0 if ready else self._failed_starts + 1
+        if self._failed_starts >= MAX_FAILED_STARTS:
+            log.error("procpool: the fork server failed to start {n} times in a row; this "
+                      "pool spawns its workers from now on", n=self._failed_starts)
+            self.state = ServerState.STOPPED
+            return
+        self._timer = self.clock.callLater(min(30.0, 2.0 ** self._failed_starts), self._restart)
+
+    def _restart(self) -> None:
+        self._timer = None
+        if self.state is ServerState.GONE:
+            self.start()
+
+
+
+class _ServerProtocol(protocol.ProcessProtocol):
+    """
+    One fork server process: its output goes to the log; its exit ends its
+    workers. @ivar ended: fires when the process has ended and its pipes closed.
+    """
+
+    def __init__(self, server: ForkServer) -> None:
+        self.server = server
+        self.ended: defer.Deferred = defer.Deferred()
+
+    def childDataReceived(self, childFD: int, data: bytes) -> None:  # noqa: N802, N803
+        for line in data.decode("utf-8", "replace").splitlines():
+            if line:
+                log.warn("fork server {pid}: {line}", pid=self.server.pid, line=line)
+
+    def processExited(self, reason: Failure) -> None:  # noqa: N802 - Twisted's name
+        code = getattr(reason.value, "exitCode", None)
+        sig = getattr(reason.value, "signal", None)
+        self.server._lost(self, f"exit code {code}, signal {sig}")
+
+    def processEnded(self, reason: Failure) -> None:  # noqa: N802 - Twisted's name
+        self.ended.callback(None)

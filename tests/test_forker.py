@@ -1,0 +1,221 @@
+"""
+The fork server (docs/design.md, "The fork server"): workers after the first
+are forked by a process that has imported their modules, and behave as
+spawned ones do: their own group and session, their tasks' descendants die
+with them and with the host, atexit hooks run when they leave; a dead server
+ends its workers' running tasks as crashes and the pool goes on. Real
+processes and real signals throughout.
+"""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import time
+from typing import Any
+
+from twisted.internet import defer, reactor, task
+from twisted.internet.task import Clock
+from twisted.trial import unittest
+
+import procpool
+from procpool import WorkerCrashed
+from procpool._forker import MAX_FAILED_STARTS, ForkServer, ServerState
+from procpool.pool import ProcessPool
+from tests import core_support as s
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def _server(pool: ProcessPool) -> ForkServer:
+    return pool._starter.fork_server
+
+
+def _server_ready(pool: ProcessPool, seconds: float = 15.0) -> defer.Deferred:
+    return s.wait_until(lambda: _server(pool).ready, seconds)
+
+
+@defer.inlineCallbacks
+def _forked_worker(pool: ProcessPool) -> Any:
+    """Make the pool's one worker a forked one (its first was spawned): crash the spawned one."""
+    ready = yield _server_ready(pool)
+    assert ready, "the fork server did not become ready"
+    try:
+        yield procpool.run_async(s.exit_now, 3)
+    except WorkerCrashed:
+        pass
+    parent = yield procpool.run_async(os.getppid)
+    return parent
+
+
+class Forked(s.PoolTestCase):
+    min_workers = 1
+    max_workers = 1
+
+    @defer.inlineCallbacks
+    def test_a_replacement_worker_is_forked_by_the_fork_server(self):
+        first = yield procpool.run_async(os.getppid)
+        self.assertEqual(first, os.getpid())  # the first worker does not wait for the server
+        parent = yield _forked_worker(self.pool)
+        self.assertEqual(parent, _server(self.pool).pid)
+        self.assertNotEqual(parent, os.getpid())
+        self.assertEqual(_server(self.pool).forked, 1)
+
+    @defer.inlineCallbacks
+    def test_a_forked_worker_leads_its_own_group_and_session(self):
+        yield _forked_worker(self.pool)
+        pid, group, session = yield procpool.run_async(s.identity)
+        self.assertEqual((group, session), (pid, pid))
+        self.assertNotEqual(os.getsid(_server(self.pool).pid), os.getsid(0))
+
+    @defer.inlineCallbacks
+    def test_killing_the_fork_server_crashes_only_the_task_its_worker_ran(self):
+        yield _forked_worker(self.pool)
+        running = procpool.run_async(s.sleep, 30)
+        yield s.wait_until(lambda: self.pool.stats()["busy"] == 1, 5)
+        worker = self.pool.stats()["pids"][0]
+        server = _server(self.pool).pid
+        began = time.monotonic()
+        os.kill(server, signal.SIGKILL)
+        with self.assertRaises(WorkerCrashed) as caught:
+            yield running
+        self.assertLess(time.monotonic() - began, 5)
+        self.assertIn(str(worker), str(caught.exception))
+        gone = yield s.wait_until(lambda: not s.alive(worker), 5)
+        self.assertTrue(gone, f"worker {worker} outlived its fork server")
+        # The pool goes on: a spawned worker meanwhile, a new server later.
+        self.assertEqual((yield procpool.run_async(s.add, 2, 3)), 5)
+        ready = yield _server_ready(self.pool)
+        self.assertTrue(ready)
+        self.assertNotEqual(_server(self.pool).pid, server)
+
+    @defer.inlineCallbacks
+    def test_a_forked_worker_runs_its_atexit_hooks_when_it_leaves(self):
+        yield _forked_worker(self.pool)
+        path = self.mktemp()
+        yield procpool.run_async(s.write_at_exit, path, "left")
+        self.assertFalse(os.path.exists(path))
+        yield procpool.stop()
+        written = yield s.wait_until(lambda: os.path.exists(path), 5)
+        self.assertTrue(written)
+        with open(path) as f:
+            self.assertEqual(f.read(), "left")
+
+
+class Recycled(s.PoolTestCase):
+    min_workers = 2
+    max_workers = 2
+    extra_settings = {"PROCPOOL_RECYCLE": 50}
+
+    @defer.inlineCallbacks
+    def test_recycled_workers_are_forked_and_stop_leaves_no_process_or_descriptor(self):
+        yield procpool.stop()
+        fds_before = len(os.listdir("/proc/self/fd"))
+        pool = ProcessPool(min_workers=2, max_workers=2, recycle=50)
+        yield pool.start()
+        yield _server_ready(pool)
+        parents = yield defer.gatherResults([pool.submit_call(os.getppid) for _ in range(400)])
+        server = _server(pool).pid
+        self.assertIn(server, parents)
+        self.assertGreaterEqual(pool.stats()["workers_recycled"], 4)
+        # The server reaps what it forked: no zombie under it or under the host.
+        yield task.deferLater(reactor, 0.2, lambda: None)
+        self.assertEqual([p for p, state in s.children_of(server) if state == "Z"], [])
+        self.assertEqual([p for p, state in s.children_of(os.getpid()) if state == "Z"], [])
+        yield pool.stop()
+        self.assertFalse(s.alive(server))
+        self.assertEqual(s.children_of(os.getpid()), [])
+        self.assertLessEqual(len(os.listdir("/proc/self/fd")), fds_before)
+
+
+class Off(s.PoolTestCase):
+    min_workers = 1
+    max_workers = 1
+    extra_settings = {"PROCPOOL_FORK_SERVER": False}
+
+    @defer.inlineCallbacks
+    def test_with_the_fork_server_off_every_worker_is_the_hosts_child(self):
+        self.assertIsNone(self.pool._starter.fork_server)
+        try:
+            yield procpool.run_async(s.exit_now, 3)
+        except WorkerCrashed:
+            pass
+        self.assertEqual((yield procpool.run_async(os.getppid)), os.getpid())
+        self.assertEqual(len(s.children_of(os.getpid())), 1)
+
+
+class FailingServer(unittest.TestCase):
+    """A server that dies before it is ready is started again, then given up on."""
+
+    @defer.inlineCallbacks
+    def test_a_server_that_never_starts_is_given_up_after_a_few_tries(self):
+        clock = Clock()
+        ended: list[defer.Deferred] = []
+
+        def launch(protocol, control_fd):
+            # A real process that dies at once, as a broken interpreter would.
+            done = defer.Deferred()
+            ended.append(done)
+            original = protocol.processEnded
+            protocol.processEnded = lambda reason: (original(reason), done.callback(None))
+            return reactor.spawnProcess(protocol, sys.executable,
+                                        [sys.executable, "-c", "raise SystemExit(3)"],
+                                        env=os.environ.copy(), childFDs={0: "w", 1: "r", 2: "r"})
+
+        server = ForkServer(reactor, clock, launch)
+        server.start()
+        for attempt in range(MAX_FAILED_STARTS):
+            yield ended[-1]
+            if attempt < MAX_FAILED_STARTS - 1:
+                self.assertIs(server.state, ServerState.GONE)
+                clock.advance(60)  # the pause before the next try
+        self.assertIs(server.state, ServerState.STOPPED)
+        self.assertEqual(len(ended), MAX_FAILED_STARTS)
+        self.assertFalse(server.ready)
+        self.assertEqual(clock.getDelayedCalls(), [])
+
+
+HOST_SCRIPT = """
+import procpool
+from twisted.internet import reactor, task
+from procpool import api
+from tests import core_support
+procpool.configure(PROCPOOL_MIN_NPROC=1, PROCPOOL_MAX_NPROC=1)
+
+def forked_then_run(_):
+    server = api.get_pool()._starter.fork_server
+    if not server.ready:
+        return task.deferLater(reactor, 0.05, forked_then_run, None)
+    d = procpool.run_async(core_support.exit_now, 3)
+    d.addErrback(lambda f: None)
+    d.addCallback(lambda _: procpool.run_async(core_support.start_grandchild, {path!r}))
+    return d.addErrback(lambda f: None)
+
+reactor.callWhenRunning(lambda: procpool.start().addCallback(forked_then_run))
+reactor.run()
+"""
+
+
+def test_what_a_forked_workers_task_started_dies_when_the_host_is_sigkilled(tmp_path):
+    path = str(tmp_path / "grandchild.pid")
+    host = subprocess.Popen([sys.executable, "-c", HOST_SCRIPT.format(path=path)],
+                            cwd=str(ROOT), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    grandchild = None
+    try:
+        grandchild = s.pid_in_within(path, 30)
+        assert grandchild is not None, host.stderr.read1(4000) if host.poll() is not None else ""
+        worker = s.parent_of(grandchild)
+        server = s.parent_of(worker)
+        assert s.parent_of(server) == host.pid, "the task did not run in a forked worker"
+    finally:
+        host.kill()
+        host.wait(10)
+    try:
+        for pid in (server, worker, grandchild):
+            assert s.gone_within(pid, 10), f"{pid} outlived the killed host"
+    finally:
+        if grandchild is not None and s.alive(grandchild):
+            os.kill(grandchild, signal.SIGKILL)
