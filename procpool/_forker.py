@@ -150,24 +150,23 @@ class ForkServer:
         if self.state in (ServerState.STARTING, ServerState.READY, ServerState.STOPPED):
             return
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        self._protocol = _ServerProtocol(self)
-        try:
-            self._transport = self._launch(self._protocol, theirs.fileno())
-        except Exception as exc:
-            ours.close()
-            log.warn("procpool: the fork server could not start ({error}); workers are "
-                     "spawned instead", error=str(exc))
-            self._protocol = None
-            self._failed(ready=False)
-            return
-        finally:
-            theirs.close()
         ours.setblocking(False)
+        # All set before the launch: a server that dies at once may be
+        # reaped, and so lost, before the launch returns.
+        self._protocol = running = _ServerProtocol(self)
         self._control = ours
-        self.pid = self._transport.pid
         self.state = ServerState.STARTING
         self.reactor.addReader(self)
         self._timer = self.clock.callLater(self._start_timeout, self._overdue)
+        try:
+            self._transport = self._launch(running, theirs.fileno())
+        except Exception as exc:
+            self._lost(running, f"it could not be started: {exc}")
+            return
+        finally:
+            theirs.close()
+        if running is self._protocol and self.state is ServerState.STARTING:
+            self.pid = self._transport.pid
 
     def fork(self, proto: protocol.ProcessProtocol, child_fds: dict[int, Any],
              spin: bool) -> ForkedProcess:
@@ -190,7 +189,7 @@ class ForkServer:
 
     def stop(self) -> defer.Deferred:
         """Let the server go (at EOF on its socket it exits); fires once it has ended."""
-        self.state = ServerState.STOPPED
+        was, self.state = self.state, ServerState.STOPPED
         if self._timer is not None and self._timer.active():
             self._timer.cancel()
         self._timer = None
@@ -198,6 +197,8 @@ class ForkServer:
         running = self._protocol
         if running is None or running.ended.called:
             return defer.succeed(None)
+        if was is ServerState.STARTING:
+            self._kill()  # still importing: nothing of it to wait for
         # It exits at EOF; one that does not within a few seconds is killed.
         kill = self.clock.callLater(5.0, self._kill)
         done: defer.Deferred = defer.Deferred()
@@ -334,9 +335,8 @@ class ForkServer:
             process.processEnded(signal.SIGKILL)  # the waitpid status of a SIGKILL
         if was is ServerState.STOPPED:
             return
-        log.warn("procpool: the fork server {pid} ended ({why}); {n} of its workers were "
-                 "killed with it; workers are spawned until another is ready",
-                 pid=self.pid, why=why, n=len(children))
+        log.warn("procpool: the fork server ended ({why}); {n} of its workers were killed "
+                 "with it; workers are spawned until another is ready", why=why, n=len(children))
         self._failed(ready=was is ServerState.READY)
 
     def _failed(self, ready: bool) -> None:

@@ -178,6 +178,33 @@ class FailingServer(unittest.TestCase):
         self.assertEqual(clock.getDelayedCalls(), [])
 
 
+    @defer.inlineCallbacks
+    def test_a_server_that_dies_before_its_launch_returns_leaves_one_retry_and_nothing_else(self):
+        clock = Clock()
+        launched: list[Any] = []
+
+        def launch(protocol, control_fd):
+            process = reactor.spawnProcess(protocol, sys.executable,
+                                           [sys.executable, "-c", "raise SystemExit(3)"],
+                                           env=os.environ.copy(),
+                                           childFDs={0: "w", 1: "r", 2: "r"})
+            launched.append(process)
+            # Reap it now, as Twisted does when the child has died by the time
+            # spawnProcess registers it: the server is lost inside its launch.
+            os.waitid(os.P_PID, process.pid, os.WEXITED | os.WNOWAIT)
+            process.reapProcess()
+            return process
+
+        server = ForkServer(reactor, clock, launch)
+        server.start()
+        self.assertIs(server.state, ServerState.GONE)
+        self.assertEqual(len(clock.getDelayedCalls()), 1)  # the retry, not the start deadline
+        self.assertEqual(server.fileno(), -1)
+        yield server.stop()
+        self.assertEqual(clock.getDelayedCalls(), [])
+        self.assertEqual(len(launched), 1)
+
+
 HOST_SCRIPT = """
 import procpool
 from twisted.internet import reactor, task

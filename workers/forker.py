@@ -79,7 +79,10 @@ def serve() -> None:
     poller.register(control, select.POLLIN)
     poller.register(wake_r, select.POLLIN)
     gc.freeze()  # what is imported stays shared with every worker forked
-    control.send(b"ready")
+    try:
+        control.send(b"ready")
+    except OSError:
+        sys.exit(0)  # the pool stopped while this server started
     while True:
         for fd, _ in poller.poll():
             if fd == wake_r:
