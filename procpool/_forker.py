@@ -39,9 +39,11 @@ __all__ = ["ForkFailed", "ForkServer", "ForkedProcess"]
 
 log = Logger()
 
-#: Seconds the reactor waits for the server's answer to a fork (about 1 ms as a rule).
-REPLY_TIMEOUT = 1.0
-#: A server that dies before it is ready this many times in a row is not started again.
+#: Seconds the reactor waits for the server's answer to a fork (about 1 ms as a
+#: rule); past it the worker is spawned instead and the server gets nothing more
+#: until it answers.
+REPLY_TIMEOUT = 0.25
+#: Servers that end this many times in a row without forking a worker: none is started again.
 MAX_FAILED_STARTS = 3
 _MESSAGE = 256
 _WORKER_FDS = 6  # workers/forker.py's WORKER_FDS: a worker's 0-5
@@ -101,10 +103,15 @@ class ForkedProcess(Process):
 
 
 class ServerState(enum.Enum):
-    """A fork server's life: STARTING -> READY -> GONE (a new one may follow), or STOPPED."""
+    """
+    A fork server's life: STARTING -> READY, and READY <-> BEHIND (a fork
+    request went unanswered); any of them -> GONE when it dies (another may
+    follow after a pause); STOPPED for good.
+    """
 
     STARTING = "starting"
     READY = "ready"
+    BEHIND = "behind"
     GONE = "gone"
     STOPPED = "stopped"
 
@@ -134,20 +141,20 @@ class ForkServer:
         self._start_timeout = start_timeout
         self._control: socket.socket | None = None
         self._transport: Any = None
+        self._protocol: _ServerProtocol | None = None
         self._children: dict[int, ForkedProcess] = {}
-        self._backlog: list[bytes] = []
+        self._backlog: list[tuple[Any, ...]] = []
         self._timer: Any = None
         self._failed_starts = 0
-        self._protocol: _ServerProtocol | None = None
 
     @property
     def ready(self) -> bool:
         """May :meth:`fork` be called now?"""
-        return self.state is ServerState.READY
+        return self.state is ServerState.READY and self._control is not None
 
     def start(self) -> None:
-        """Spawn a server; it is ready once it says so (workers spawn meanwhile)."""
-        if self.state in (ServerState.STARTING, ServerState.READY, ServerState.STOPPED):
+        """Spawn a server; it is ready once it says so (workers are spawned meanwhile)."""
+        if self.state is not ServerState.GONE:
             return
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         ours.setblocking(False)
@@ -157,11 +164,12 @@ class ForkServer:
         self._control = ours
         self.state = ServerState.STARTING
         self.reactor.addReader(self)
-        self._timer = self.clock.callLater(self._start_timeout, self._overdue)
+        self._set_timer(self._start_timeout, self._overdue)
         try:
             self._transport = self._launch(running, theirs.fileno())
         except Exception as exc:
             self._lost(running, f"it could not be started: {exc}")
+            running.ended.callback(None)  # no process: nothing will end it
             return
         finally:
             theirs.close()
@@ -171,7 +179,7 @@ class ForkServer:
     def fork(self, proto: protocol.ProcessProtocol, child_fds: dict[int, Any],
              spin: bool) -> ForkedProcess:
         """Fork a worker for ``proto`` (its transport is returned); raises :class:`ForkFailed`."""
-        if self.state is not ServerState.READY or self._control is None:
+        if not self.ready:
             raise ForkFailed(f"the fork server is {self.state.value}")
         request = b"fork s" if spin else b"fork n"
 
@@ -185,14 +193,13 @@ class ForkServer:
         process = ForkedProcess(self.reactor, proto, child_fds, ask)
         self._children[process.pid] = process
         self.forked += 1
+        self._failed_starts = 0
         return process
 
     def stop(self) -> defer.Deferred:
         """Let the server go (at EOF on its socket it exits); fires once it has ended."""
         was, self.state = self.state, ServerState.STOPPED
-        if self._timer is not None and self._timer.active():
-            self._timer.cancel()
-        self._timer = None
+        self._set_timer(None)
         self._close_control()
         running = self._protocol
         if running is None or running.ended.called:
@@ -222,9 +229,9 @@ class ForkServer:
         return "procpool fork server"
 
     def doRead(self) -> None:  # noqa: N802 - Twisted's name
-        """Read what the server said: that it is ready, and which workers ended."""
-        for message in self._read_all():
-            self._message(message)
+        """Act on what the server said: that it is ready, a late answer, which workers ended."""
+        for event in self._read_all():
+            self._act(*event)
 
     def connectionLost(self, reason: Failure) -> None:  # noqa: N802 - Twisted's name
         """The reactor dropped the socket: fork nothing more through it."""
@@ -232,9 +239,13 @@ class ForkServer:
 
     # -- steps ---------------------------------------------------------------
 
-    def _read_all(self) -> list[bytes]:
-        """The messages waiting on the socket, the backlog first; an EOF ends the server."""
-        messages, self._backlog = self._backlog, []
+    def _read_all(self) -> list[tuple[Any, ...]]:
+        """
+        The server's messages waiting, the backlog first, as events. A worker's
+        end is matched to its transport as it is read, before any is acted
+        on: acting on one may fork a worker that reuses another's pid.
+        """
+        events, self._backlog = self._backlog, []
         while self._control is not None:
             try:
                 data = self._control.recv(_MESSAGE)
@@ -245,23 +256,33 @@ class ForkServer:
             if not data:
                 self._close_control()
                 break
-            messages.append(data)
-        return messages
+            events.append(self._event(data))
+        return events
 
-    def _message(self, message: bytes) -> None:
+    def _event(self, message: bytes) -> tuple[Any, ...]:
         word, _, rest = message.partition(b" ")
         if word == b"exit":
             pid, status = (int(part) for part in rest.split())
-            process = self._children.pop(pid, None)
+            return (b"exit", self._children.pop(pid, None), status)
+        return (word, rest)
+
+    def _act(self, word: bytes, *rest: Any) -> None:
+        if word == b"exit":
+            process, status = rest
             if process is not None:
                 process.processEnded(status)
         elif word == b"ready" and self.state is ServerState.STARTING:
-            self.state = ServerState.READY
-            self._failed_starts = 0
-            if self._timer is not None and self._timer.active():
-                self._timer.cancel()
-            self._timer = None
+            self._caught_up()
             log.debug("fork server {pid} ready", pid=self.pid)
+        elif word in (b"pid", b"error") and self.state is ServerState.BEHIND:
+            # The answer to a request given up on: a worker forked then has no host.
+            if word == b"pid":
+                _kill_quietly(int(rest[0]))
+            self._caught_up()
+
+    def _caught_up(self) -> None:
+        self.state = ServerState.READY
+        self._set_timer(None)
 
     def _answer(self) -> int:
         """Wait (blocking, at most REPLY_TIMEOUT) for the answer to a fork request."""
@@ -271,28 +292,40 @@ class ForkServer:
         poller.register(control, select.POLLIN)
         deadline = time.monotonic() + REPLY_TIMEOUT
         while (left := deadline - time.monotonic()) > 0:
-            if not poller.poll(left * 1000):
-                break
             try:
+                if not poller.poll(left * 1000):
+                    break
                 data = control.recv(_MESSAGE)
             except BlockingIOError:
                 continue
+            except OSError as exc:
+                raise ForkFailed(f"the fork server's socket failed: {exc}") from None
             if data.startswith(b"pid "):
                 return int(data[4:])
             if data.startswith(b"error "):
                 raise ForkFailed(data[6:].decode("utf-8", "replace"))
             if not data:
+                self._close_control()
                 raise ForkFailed("the fork server closed its socket")
             if not self._backlog:
                 self.reactor.callLater(0, self.doRead)
-            self._backlog.append(data)  # a worker's end: read on the reactor's next turn
-        self._kill()
+            self._backlog.append(self._event(data))  # acted on at the reactor's next turn
+        # Nothing more goes to it until it answers; silent past the start
+        # timeout, it is killed (and its workers with it) and another started.
+        self.state = ServerState.BEHIND
+        self._set_timer(self._start_timeout, self._overdue)
         raise ForkFailed(f"the fork server did not answer within {REPLY_TIMEOUT:g} s")
+
+    def _set_timer(self, delay: float | None, call: Callable[[], None] | None = None) -> None:
+        """Arm the one pending call (start deadline, answer deadline or restart), or none."""
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = None if delay is None else self.clock.callLater(delay, call)
 
     def _overdue(self) -> None:
         self._timer = None
-        if self.state is ServerState.STARTING:
-            log.warn("procpool: the fork server did not start within {s} s; killing it",
+        if self.state in (ServerState.STARTING, ServerState.BEHIND):
+            log.warn("procpool: the fork server did not answer within {s} s; killing it",
                      s=self._start_timeout)
             self._kill()
 
@@ -310,51 +343,46 @@ class ForkServer:
 
     def _lost(self, running: _ServerProtocol, why: str) -> None:
         """
-        The server died: read its last reports, then end each of its workers
-        still alive as killed, and start another later.
+        The server died: act on its last reports, then end each of its
+        workers still alive as killed, and start another later.
         """
         if running is not self._protocol:
             return  # an earlier server's; its workers were settled then
-        for message in self._read_all():
-            self._message(message)
+        for event in self._read_all():
+            self._act(*event)
         self._close_control()
-        if self._timer is not None and self._timer.active():
-            self._timer.cancel()  # the start deadline of a server that died starting
-        self._timer = None
-        was = self.state
-        if was is not ServerState.STOPPED:
+        self._set_timer(None)
+        if self.state is not ServerState.STOPPED:
             self.state = ServerState.GONE
+        self.pid = None
         children = list(self._children.values())
         self._children.clear()
         for process in children:
-            try:
-                os.killpg(process.pid, signal.SIGKILL)
-            except (OSError, TypeError):
-                pass
+            _kill_quietly(process.pid, group=True)  # one not yet leading its group too
         for process in children:
             process.processEnded(signal.SIGKILL)  # the waitpid status of a SIGKILL
-        if was is ServerState.STOPPED:
-            return
+        if self.state is ServerState.STOPPED:
+            return  # the pool stopped, maybe while those ends were settled
         log.warn("procpool: the fork server ended ({why}); {n} of its workers were killed "
                  "with it; workers are spawned until another is ready", why=why, n=len(children))
-        self._failed(ready=was is ServerState.READY)
-
-    def _failed(self, ready: bool) -> None:
-        """Start another server after a pause, unless starts keep failing."""
-        self.pid = None
-        self._failed_starts = 0 if ready else self._failed_starts + 1
+        self._failed_starts += 1
         if self._failed_starts >= MAX_FAILED_STARTS:
-            log.error("procpool: the fork server failed to start {n} times in a row; this "
-                      "pool spawns its workers from now on", n=self._failed_starts)
+            log.error("procpool: the fork server ended {n} times in a row without forking a "
+                      "worker; this pool spawns its workers from now on", n=self._failed_starts)
             self.state = ServerState.STOPPED
             return
-        self._timer = self.clock.callLater(min(30.0, 2.0 ** self._failed_starts), self._restart)
+        self._set_timer(min(30.0, 2.0 ** self._failed_starts), self.start)
 
-    def _restart(self) -> None:
-        self._timer = None
-        if self.state is ServerState.GONE:
-            self.start()
 
+def _kill_quietly(pid: int | None, group: bool = False) -> None:
+    """SIGKILL a process (and, with ``group``, the group it leads), if it is still there."""
+    if pid is None:
+        return
+    for kill in ((os.killpg, os.kill) if group else (os.kill,)):
+        try:
+            kill(pid, signal.SIGKILL)
+        except OSError:
+            pass
 
 
 class _ServerProtocol(protocol.ProcessProtocol):
@@ -378,4 +406,5 @@ class _ServerProtocol(protocol.ProcessProtocol):
         self.server._lost(self, f"exit code {code}, signal {sig}")
 
     def processEnded(self, reason: Failure) -> None:  # noqa: N802 - Twisted's name
-        self.ended.callback(None)
+        if not self.ended.called:
+            self.ended.callback(None)

@@ -89,6 +89,8 @@ class ProcessPool(TaskEndings):
     the time limits, idle workers, start-up deadlines and back-off. Every
     argument left as None comes from the settings (``PROCPOOL_*``).
 
+    @ivar fork_server: whether workers are forked by a fork server once it
+        is ready (procpool/_forker.py), or every one spawned.
     @ivar state: a :class:`PoolState`.
     @ivar counters: task and worker counts since the pool was made.
     """
@@ -99,7 +101,7 @@ class ProcessPool(TaskEndings):
                  max_payload: int | None = None, directory: str | None = None,
                  uid: int | None = None, gid: int | None = None,
                  start_timeout: float | None = None, max_queue: int | None = None,
-                 max_queued_bytes: int | None = None) -> None:
+                 max_queued_bytes: int | None = None, fork_server: bool | None = None) -> None:
         if reactor is None:
             from twisted.internet import reactor as global_reactor
             reactor = global_reactor
@@ -120,11 +122,11 @@ class ProcessPool(TaskEndings):
         self.recycle = pick(recycle, "PROCPOOL_RECYCLE")
         self.max_payload = pick(max_payload, "PROCPOOL_MAX_PAYLOAD")
         self.directory = pick(directory, "PROCPOOL_DIRECTORY")
-        self.uid = pick(uid, "PROCPOOL_UID")
-        self.gid = pick(gid, "PROCPOOL_GID")
+        self.uid, self.gid = pick(uid, "PROCPOOL_UID"), pick(gid, "PROCPOOL_GID")
         self.start_timeout = pick(start_timeout, "PROCPOOL_START_TIMEOUT")
         self.max_queue, self.max_queued_bytes = (pick(max_queue, "PROCPOOL_MAX_QUEUE"), pick(
             max_queued_bytes, "PROCPOOL_MAX_QUEUED_BYTES"))
+        self.fork_server = pick(fork_server, "PROCPOOL_FORK_SERVER")
         self.state = PoolState.NEW
         self.counters = dict.fromkeys(_COUNTERS, 0)
         self._queue: deque[Task] = deque()
@@ -162,7 +164,7 @@ class ProcessPool(TaskEndings):
         self._starter = _spawn.make_starter(
             self.reactor, max_payload=self.max_payload, uid=self.uid, gid=self.gid,
             directory=self.directory, clock=self.clock, start_timeout=self.start_timeout,
-            fork_server=settings.get("PROCPOOL_FORK_SERVER"))
+            fork_server=self.fork_server)
         self._shutdown_trigger = self.reactor.addSystemEventTrigger(
             "before", "shutdown", lambda: self.stop(settings.get("PROCPOOL_STOP_GRACE")))
         started = [self._spawn().started for _ in range(self.min_workers)]

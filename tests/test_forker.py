@@ -12,18 +12,25 @@ from __future__ import annotations
 import os
 import pathlib
 import signal
+import socket
 import subprocess
 import sys
 import time
 from typing import Any
 
-from twisted.internet import defer, reactor, task
+from twisted.internet import defer, protocol, reactor, task
 from twisted.internet.task import Clock
 from twisted.trial import unittest
 
 import procpool
 from procpool import WorkerCrashed
-from procpool._forker import MAX_FAILED_STARTS, ForkServer, ServerState
+from procpool._forker import (
+    MAX_FAILED_STARTS,
+    REPLY_TIMEOUT,
+    ForkFailed,
+    ForkServer,
+    ServerState,
+)
 from procpool.pool import ProcessPool
 from tests import core_support as s
 
@@ -66,7 +73,7 @@ class Forked(s.PoolTestCase):
 
     @defer.inlineCallbacks
     def test_a_forked_worker_leads_its_own_group_and_session(self):
-        yield _forked_worker(self.pool)
+        self.assertEqual((yield _forked_worker(self.pool)), _server(self.pool).pid)
         pid, group, session = yield procpool.run_async(s.identity)
         self.assertEqual((group, session), (pid, pid))
         self.assertNotEqual(os.getsid(_server(self.pool).pid), os.getsid(0))
@@ -75,6 +82,7 @@ class Forked(s.PoolTestCase):
     def test_killing_the_fork_server_crashes_only_the_task_its_worker_ran(self):
         yield _forked_worker(self.pool)
         running = procpool.run_async(s.sleep, 30)
+        queued = procpool.run_async(s.add, 1, 1)  # waits behind it: never started
         yield s.wait_until(lambda: self.pool.stats()["busy"] == 1, 5)
         worker = self.pool.stats()["pids"][0]
         server = _server(self.pool).pid
@@ -86,6 +94,7 @@ class Forked(s.PoolTestCase):
         self.assertIn(str(worker), str(caught.exception))
         gone = yield s.wait_until(lambda: not s.alive(worker), 5)
         self.assertTrue(gone, f"worker {worker} outlived its fork server")
+        self.assertEqual((yield queued), 2)
         # The pool goes on: a spawned worker meanwhile, a new server later.
         self.assertEqual((yield procpool.run_async(s.add, 2, 3)), 5)
         ready = yield _server_ready(self.pool)
@@ -94,7 +103,7 @@ class Forked(s.PoolTestCase):
 
     @defer.inlineCallbacks
     def test_a_forked_worker_runs_its_atexit_hooks_when_it_leaves(self):
-        yield _forked_worker(self.pool)
+        self.assertEqual((yield _forked_worker(self.pool)), _server(self.pool).pid)
         path = self.mktemp()
         yield procpool.run_async(s.write_at_exit, path, "left")
         self.assertFalse(os.path.exists(path))
@@ -125,8 +134,11 @@ class Recycled(s.PoolTestCase):
         yield task.deferLater(reactor, 0.2, lambda: None)
         self.assertEqual([p for p, state in s.children_of(server) if state == "Z"], [])
         self.assertEqual([p for p, state in s.children_of(os.getpid()) if state == "Z"], [])
+        forked = [p for p, _ in s.children_of(server)]
+        self.assertTrue(forked)
         yield pool.stop()
         self.assertFalse(s.alive(server))
+        self.assertEqual([p for p in forked if s.alive(p)], [])
         self.assertEqual(s.children_of(os.getpid()), [])
         self.assertLessEqual(len(os.listdir("/proc/self/fd")), fds_before)
 
@@ -203,6 +215,59 @@ class FailingServer(unittest.TestCase):
         yield server.stop()
         self.assertEqual(clock.getDelayedCalls(), [])
         self.assertEqual(len(launched), 1)
+
+
+    @defer.inlineCallbacks
+    def test_stop_fires_when_the_last_launch_failed(self):
+        clock = Clock()
+
+        def launch(protocol, control_fd):
+            raise OSError("no more processes")
+
+        server = ForkServer(reactor, clock, launch)
+        server.start()
+        self.assertIs(server.state, ServerState.GONE)
+        stopped = server.stop()
+        clock.advance(60)
+        self.assertTrue(stopped.called)
+        self.assertEqual(clock.getDelayedCalls(), [])
+        yield stopped
+
+    @defer.inlineCallbacks
+    def test_a_server_that_does_not_answer_a_fork_is_passed_over_then_killed(self):
+        clock = Clock()
+        ended: list[defer.Deferred] = []
+
+        def launch(protocol, control_fd):
+            # A real server that says it is ready and then answers nothing.
+            done = defer.Deferred()
+            ended.append(done)
+            original = protocol.processEnded
+            protocol.processEnded = lambda reason: (original(reason), done.callback(None))
+            code = "import os, time; os.write(3, b'ready'); time.sleep(60)"
+            return reactor.spawnProcess(protocol, sys.executable, [sys.executable, "-c", code],
+                                        env=os.environ.copy(),
+                                        childFDs={0: "w", 1: "r", 2: "r", 3: control_fd})
+
+        server = ForkServer(reactor, clock, launch, start_timeout=10)
+        server.start()
+        self.assertTrue((yield s.wait_until(lambda: server.ready, 10)))
+        pair = socket.socketpair()
+        self.addCleanup(pair[0].close)
+        self.addCleanup(pair[1].close)
+        fds_before = len(os.listdir("/proc/self/fd"))
+        began = time.monotonic()
+        with self.assertRaises(ForkFailed):
+            server.fork(protocol.ProcessProtocol(),
+                        {0: "w", 1: "r", 2: "r", 3: "w", 4: "r", 5: pair[1].fileno()}, True)
+        self.assertLess(time.monotonic() - began, 2 * REPLY_TIMEOUT + 0.5)
+        self.assertEqual(len(os.listdir("/proc/self/fd")), fds_before)  # the pipes closed
+        self.assertIs(server.state, ServerState.BEHIND)
+        self.assertFalse(server.ready)
+        clock.advance(10)  # silent past the start timeout: killed
+        yield ended[-1]
+        self.assertIs(server.state, ServerState.GONE)
+        yield server.stop()
 
 
 HOST_SCRIPT = """

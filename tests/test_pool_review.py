@@ -122,8 +122,10 @@ class Review(s.PoolTestCase):
         folder = self.mktemp()
         os.makedirs(folder)
         clock = task.Clock()  # back-off pauses pass only when the test says so
+        # Spawned workers: a forked one would start in the fork server's working
+        # directory, which it holds open whatever its name.
         pool = self._pool(min_workers=1, max_workers=1, directory=folder, recycle=5,
-                          clock=clock)
+                          clock=clock, fork_server=False)
         yield pool.start()
         os.rename(folder, folder + ".away")
         self.addCleanup(lambda: os.path.exists(folder + ".away")

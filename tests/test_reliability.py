@@ -314,11 +314,15 @@ class RecyclingBounds(_OwnPool):
         pool = self.make(min_workers=2, max_workers=4, recycle=50)
         yield pool.start()
         most = [0]
-        others = set(self.pool.stats()["pids"])  # the process-wide pool's worker
+        # The process-wide pool's worker and fork server are not this pool's.
+        others = {*self.pool.stats()["pids"], self.pool._starter.fork_server.pid}
 
         def sample():
-            alive = [p for p, state in s.children_of(os.getpid())
-                     if state != "Z" and p not in others]
+            # This pool's workers: the host's children and its fork server's.
+            server = pool._starter.fork_server.pid
+            under = s.children_of(os.getpid()) + (s.children_of(server) if server else [])
+            alive = [p for p, state in under
+                     if state != "Z" and p not in others and p != server]
             most[0] = max(most[0], len(alive), len(pool._workers))
 
         sampler = task.LoopingCall(sample)

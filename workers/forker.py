@@ -35,7 +35,7 @@ frame, exactly as a spawned worker does, so it exits the same way too
 from __future__ import annotations
 
 # What a worker runs at start, imported once here for every worker forked.
-import ctypes  # noqa: F401 - the reaper's and PDEATHSIG's prctl
+import ctypes  # the reaper's and PDEATHSIG's prctl, and run_worker's fflush
 import fcntl
 import gc
 import os
@@ -105,7 +105,9 @@ def run_worker(main: Callable[[], object]) -> NoReturn:
     cost a forked worker 3.7 ms of CPU, this 0.3 ms). What a normal exit does
     first, it does too, in the same order: wait for non-daemon threads, run
     ``atexit`` hooks (workers.db closes its connection there), flush stdout
-    and stderr.
+    and stderr, Python's and C's. What it skips is the interpreter's
+    teardown: objects still alive at exit are not finalised (a module-level
+    file object left unflushed, a ``__del__``), as Python never promised.
     """
     try:
         main()
@@ -123,11 +125,15 @@ def run_worker(main: Callable[[], object]) -> NoReturn:
     import atexit
 
     atexit._run_exitfuncs()
-    for stream in (sys.stdout, sys.stderr):
+    for stream in (sys.stdout, sys.stderr, sys.__stdout__, sys.__stderr__):
         try:
             stream.flush()
         except Exception:
             pass
+    try:
+        ctypes.CDLL(None).fflush(None)  # C stdio too (what C extensions printf'd)
+    except Exception:
+        pass
     os._exit(code)
 
 
