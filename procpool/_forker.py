@@ -141,6 +141,7 @@ class ForkServer:
         self._start_timeout = start_timeout
         self._control: socket.socket | None = None
         self._transport: Any = None
+        self._begun = False
         self._protocol: _ServerProtocol | None = None
         self._children: dict[int, ForkedProcess] = {}
         self._backlog: list[tuple[Any, ...]] = []
@@ -151,6 +152,12 @@ class ForkServer:
     def ready(self) -> bool:
         """May :meth:`fork` be called now?"""
         return self.state is ServerState.READY and self._control is not None
+
+    def begin(self) -> None:
+        """Start the first server (later ones start after a server dies); once only."""
+        if not self._begun:
+            self._begun = True
+            self.start()
 
     def start(self) -> None:
         """Spawn a server; it is ready once it says so (workers are spawned meanwhile)."""

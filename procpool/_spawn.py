@@ -86,6 +86,11 @@ def _starter_class() -> type:
                 env=self.env, path=self.path, usePTY=False,
                 childFDs={0: "w", 1: "r", 2: "r", 3: control_fd})
 
+        def begin_forking(self) -> None:
+            """Start the fork server, if any and not yet started."""
+            if self.fork_server is not None:
+                self.fork_server.begin()
+
         def stop(self) -> defer.Deferred:
             """Stop the fork server, if any; fires once it has ended."""
             if self.fork_server is None:
@@ -129,9 +134,10 @@ def make_starter(reactor: Any, *, max_payload: int, uid: int | None, gid: int | 
                  start_timeout: float = 30.0) -> Any:
     """
     A starter whose ``startPythonProcess(protocol)`` starts one worker; the
-    environment is fixed now, when the pool starts. With ``fork_server``, a
-    fork server starts now too, and workers are forked by it once it is
-    ready (spawned before that, or while it cannot fork); ``stop()`` ends it.
+    environment is fixed now, when the pool starts. With ``fork_server``,
+    workers are forked by a fork server once it is ready (spawned before
+    that, or while it cannot fork); ``begin_forking()`` starts it (the pool
+    does once its first workers answer), ``stop()`` ends it.
     """
     env = _environment(max_payload, uid, gid)
     _warn_of_hidden_modules([directory or os.getcwd(), *env["PYTHONPATH"].split(os.pathsep)])
@@ -140,7 +146,6 @@ def make_starter(reactor: Any, *, max_payload: int, uid: int | None, gid: int | 
     if fork_server:
         starter.fork_server = ForkServer(reactor, clock if clock is not None else reactor,
                                          starter.launch_fork_server, start_timeout)
-        starter.fork_server.start()
     return starter
 
 

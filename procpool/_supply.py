@@ -187,6 +187,10 @@ class WorkerSupply:
             return  # going away already; its end is settled as a failed start
         self._starting.discard(worker)
         self._start_failures = 0
+        if not self._starting and self.state is PoolState.RUNNING:
+            # Only now: started beside the first workers, it made the pool's
+            # start slower (29 -> 36 ms to the first result, 2 workers on 2 cores).
+            self._starter.begin_forking()
         if worker.start_timer is not None and worker.start_timer.active():
             worker.start_timer.cancel()
         worker.start_timer = None
