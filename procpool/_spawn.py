@@ -43,16 +43,41 @@ _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 WORKER_SCRIPT = os.path.join(_ROOT, "workers", "__main__.py")
 
 
+class _ForkServing:
+    """The starter's fork server (procpool/_forker.py): its launch, its start and its stop."""
+
+    #: The pool's fork server, or None: spawn every worker.
+    fork_server: Any = None
+    reactor: Any
+    env: dict[str, str]
+    path: str | None
+
+    def launch_fork_server(self, prot: Any, control_fd: int) -> Any:
+        """Spawn the fork server (workers/forker.py) with its control socket on fd 3."""
+        return self.reactor.spawnProcess(
+            prot, sys.executable, (sys.executable, "-P", WORKER_SCRIPT, "--forker"),
+            env=self.env, path=self.path, usePTY=False,
+            childFDs={0: "w", 1: "r", 2: "r", 3: control_fd})
+
+    def begin_forking(self) -> None:
+        """Start the fork server, if any and not yet started."""
+        if self.fork_server is not None:
+            self.fork_server.begin()
+
+    def stop(self) -> defer.Deferred:
+        """Stop the fork server, if any; fires once it has ended."""
+        if self.fork_server is None:
+            return defer.succeed(None)
+        return self.fork_server.stop()
+
+
 def _starter_class() -> type:
     # ampoule is imported only when a pool starts: `import ampoule` installs
     # the default reactor (ampoule defect 8).
     from ampoule.main import ProcessStarter
 
-    class WorkerStarter(ProcessStarter):
+    class WorkerStarter(ProcessStarter, _ForkServing):
         """ampoule's starter, spawning a worker (WORKER_SCRIPT) with the given environment."""
-
-        #: The pool's fork server (procpool/_forker.py), or None: spawn every worker.
-        fork_server: Any = None
 
         def startPythonProcess(self, prot: Any, *args: Any) -> Any:  # noqa: N802 - ampoule's name
             # fd 5: the worker's end of the channel its big results take
@@ -78,24 +103,6 @@ def _starter_class() -> type:
                 raise
             finally:
                 theirs.close()
-
-        def launch_fork_server(self, prot: Any, control_fd: int) -> Any:
-            """Spawn the fork server (workers/forker.py) with its control socket on fd 3."""
-            return self.reactor.spawnProcess(
-                prot, sys.executable, (sys.executable, "-P", WORKER_SCRIPT, "--forker"),
-                env=self.env, path=self.path, usePTY=False,
-                childFDs={0: "w", 1: "r", 2: "r", 3: control_fd})
-
-        def begin_forking(self) -> None:
-            """Start the fork server, if any and not yet started."""
-            if self.fork_server is not None:
-                self.fork_server.begin()
-
-        def stop(self) -> defer.Deferred:
-            """Stop the fork server, if any; fires once it has ended."""
-            if self.fork_server is None:
-                return defer.succeed(None)
-            return self.fork_server.stop()
 
     return WorkerStarter
 

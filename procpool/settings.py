@@ -266,7 +266,7 @@ SETTINGS: dict[str, Setting] = {s.name: s for s in [
             "Seconds a new worker has to answer before it counts as failed to start."),
     Setting("PROCPOOL_FORK_SERVER", True, _bool,
             "Start workers by forking them from a fork server that has imported their "
-            "modules (about 2 ms each) instead of as fresh interpreters (about 25 ms): "
+            "modules (about 3 ms each) instead of as fresh interpreters (about 20-25 ms): "
             "recycling and replacing workers then cost almost nothing; false spawns each."),
     Setting("PROCPOOL_SPIN", 0.0002, _float(0.0),
             "Seconds an idle worker polls for its next task before it sleeps (halves the "
