@@ -18,7 +18,7 @@ import sys
 import time
 from typing import Any
 
-from twisted.internet import defer, protocol, reactor, task
+from twisted.internet import defer, protocol, reactor, task, utils
 from twisted.internet.task import Clock
 from twisted.trial import unittest
 
@@ -114,16 +114,14 @@ class Forked(s.PoolTestCase):
             self.assertEqual(f.read(), "left")
 
 
-class Recycled(s.PoolTestCase):
-    min_workers = 2
-    max_workers = 2
-    extra_settings = {"PROCPOOL_RECYCLE": 50}
-
+class Recycled(unittest.TestCase):
     @defer.inlineCallbacks
     def test_recycled_workers_are_forked_and_stop_leaves_no_process_or_descriptor(self):
-        yield procpool.stop()
+        # The reactor makes its SIGCHLD waker (a pipe) at its first child process.
+        yield utils.getProcessValue(sys.executable, ["-c", ""])
         fds_before = len(os.listdir("/proc/self/fd"))
         pool = ProcessPool(min_workers=2, max_workers=2, recycle=50)
+        self.addCleanup(pool.stop)
         yield pool.start()
         yield _server_ready(pool)
         parents = yield defer.gatherResults([pool.submit_call(os.getppid) for _ in range(400)])
@@ -159,6 +157,20 @@ class Off(s.PoolTestCase):
         self.assertEqual(len(s.children_of(os.getpid())), 1)
 
 
+def _launcher(code: str, ended: list[defer.Deferred]) -> Any:
+    """A launch running ``python -c code`` as the server; each end fires one of ``ended``."""
+    def launch(protocol: Any, control_fd: int) -> Any:
+        done: defer.Deferred = defer.Deferred()
+        ended.append(done)
+        original = protocol.processEnded
+        protocol.processEnded = lambda reason: (original(reason), done.callback(None))
+        return reactor.spawnProcess(protocol, sys.executable, [sys.executable, "-c", code],
+                                    env=os.environ.copy(),
+                                    childFDs={0: "w", 1: "r", 2: "r", 3: control_fd})
+
+    return launch
+
+
 class FailingServer(unittest.TestCase):
     """A server that dies before it is ready is started again, then given up on."""
 
@@ -167,17 +179,8 @@ class FailingServer(unittest.TestCase):
         clock = Clock()
         ended: list[defer.Deferred] = []
 
-        def launch(protocol, control_fd):
-            # A real process that dies at once, as a broken interpreter would.
-            done = defer.Deferred()
-            ended.append(done)
-            original = protocol.processEnded
-            protocol.processEnded = lambda reason: (original(reason), done.callback(None))
-            return reactor.spawnProcess(protocol, sys.executable,
-                                        [sys.executable, "-c", "raise SystemExit(3)"],
-                                        env=os.environ.copy(), childFDs={0: "w", 1: "r", 2: "r"})
-
-        server = ForkServer(reactor, clock, launch)
+        # A real process that dies at once, as a broken interpreter would.
+        server = ForkServer(reactor, clock, _launcher("raise SystemExit(3)", ended))
         server.start()
         for attempt in range(MAX_FAILED_STARTS):
             yield ended[-1]
@@ -238,18 +241,9 @@ class FailingServer(unittest.TestCase):
         clock = Clock()
         ended: list[defer.Deferred] = []
 
-        def launch(protocol, control_fd):
-            # A real server that says it is ready and then answers nothing.
-            done = defer.Deferred()
-            ended.append(done)
-            original = protocol.processEnded
-            protocol.processEnded = lambda reason: (original(reason), done.callback(None))
-            code = "import os, time; os.write(3, b'ready'); time.sleep(60)"
-            return reactor.spawnProcess(protocol, sys.executable, [sys.executable, "-c", code],
-                                        env=os.environ.copy(),
-                                        childFDs={0: "w", 1: "r", 2: "r", 3: control_fd})
-
-        server = ForkServer(reactor, clock, launch, start_timeout=10)
+        # A real server that says it is ready and then answers nothing.
+        code = "import os, time; os.write(3, b'ready'); time.sleep(60)"
+        server = ForkServer(reactor, clock, _launcher(code, ended), start_timeout=10)
         server.start()
         self.assertTrue((yield s.wait_until(lambda: server.ready, 10)))
         pair = socket.socketpair()
