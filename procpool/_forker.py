@@ -1,20 +1,19 @@
 """
 The host's side of the fork server (workers/forker.py): workers forked by a
 process that has already imported what they need, instead of each spawned
-as a fresh interpreter (about 2 ms against about 25 ms of CPU per start;
-docs/design.md, "The fork server").
+as a fresh interpreter (about 3 ms to a ready worker against about 20-25 ms;
+docs/design.md, "The fork server"). Each forked worker's transport is a
+:class:`~procpool._forked.ForkedProcess`, whose end :class:`ForkServer`
+reports from the server's own ``waitpid``.
 
-A forked worker is the server's child, not the host's, so Twisted cannot
-wait for it. :class:`ForkedProcess` is Twisted's process transport with the
-same pipes (procpool/_pipes.py works on it unchanged) but with no fork and
-no ``waitpid`` of its own: the server reaps the worker and reports its
-status, and :class:`ForkServer` hands that to the transport's
-``processEnded``, as Twisted's reaper would have.
-
-When the server dies, so do its workers (``PR_SET_PDEATHSIG``); the host
-kills their process groups too, should one not have asked yet, and ends
-each with the status of a SIGKILL, so their tasks settle as for any worker
-killed. The pool spawns workers meanwhile; a new server starts after a pause.
+The server starts once the pool's first workers (spawned) have answered.
+Workers are spawned whenever it cannot fork: while it starts, while a fork
+request is unanswered, after it died. When the server dies, so do its
+workers (``PR_SET_PDEATHSIG``); the host kills their process groups too,
+should one not have asked yet, and ends each with the status of a SIGKILL,
+so their tasks settle as for any worker killed. Another server starts after
+2 s, then 4 s; after MAX_FAILED_STARTS servers in a row that forked nothing,
+the pool spawns for good.
 """
 
 from __future__ import annotations
@@ -30,12 +29,13 @@ from typing import Any
 
 from twisted.internet import defer, error, protocol
 from twisted.internet.interfaces import IReadDescriptor
-from twisted.internet.process import Process, _BaseProcess
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-__all__ = ["ForkFailed", "ForkServer", "ForkedProcess"]
+from procpool._forked import ForkedProcess
+
+__all__ = ["ForkFailed", "ForkServer", "ForkedProcess", "ServerState"]
 
 log = Logger()
 
@@ -46,67 +46,20 @@ REPLY_TIMEOUT = 0.25
 #: Servers that end this many times in a row without forking a worker: none is started again.
 MAX_FAILED_STARTS = 3
 _MESSAGE = 256
-_WORKER_FDS = 6  # workers/forker.py's WORKER_FDS: a worker's 0-5
 
 
 class ForkFailed(Exception):
     """The fork server could not fork a worker; the caller spawns one instead."""
 
 
-class ForkedProcess(Process):
-    """
-    The transport of a worker the fork server forked. ``child_fds`` is
-    Twisted's ``childFDs`` for descriptors 0-5 (``"r"``, ``"w"`` or a
-    descriptor of the host's to give); ``fork(fds)`` sends the child's ends
-    to the server and returns the worker's pid, or raises.
-    """
-
-    def __init__(self, reactor: Any, proto: protocol.ProcessProtocol,
-                 child_fds: dict[int, Any], fork: Callable[[list[int]], int]) -> None:
-        if sorted(child_fds) != list(range(_WORKER_FDS)):
-            raise ValueError(f"a forked worker takes descriptors 0-{_WORKER_FDS - 1}")
-        self._reactor = reactor
-        _BaseProcess.__init__(self, proto)
-        self.pipes: dict[int, Any] = {}
-        ours: dict[int, int] = {}
-        theirs: dict[int, int] = {}
-        opened: list[int] = []
-        try:
-            for child_fd, target in sorted(child_fds.items()):
-                if target not in ("r", "w"):
-                    theirs[child_fd] = target
-                    continue
-                read, write = os.pipe()
-                opened += [read, write]
-                ours[child_fd], theirs[child_fd] = (read, write) if target == "r" else (write,
-                                                                                       read)
-            self.pid = fork([theirs[fd] for fd in range(_WORKER_FDS)])
-        except BaseException:
-            for fd in opened:
-                os.close(fd)
-            raise
-        for child_fd, fd in ours.items():
-            os.close(theirs[child_fd])
-            if child_fds[child_fd] == "r":
-                self.pipes[child_fd] = self.processReaderFactory(reactor, self, child_fd, fd)
-            else:
-                self.pipes[child_fd] = self.processWriterFactory(reactor, self, child_fd, fd,
-                                                                 forceReadHack=True)
-        self.proto = proto
-        try:
-            proto.makeConnection(self)
-        except Exception:
-            log.failure("procpool: a forked worker's protocol failed to connect")
-
-    def reapProcess(self) -> None:  # noqa: N802 - Twisted's name
-        """Nothing to wait for here: the server reaps the worker and reports its end."""
-
-
 class ServerState(enum.Enum):
     """
-    A fork server's life: STARTING -> READY, and READY <-> BEHIND (a fork
-    request went unanswered); any of them -> GONE when it dies (another may
-    follow after a pause); STOPPED for good.
+    A fork server's life. GONE (none yet, or dead: another may follow after
+    a pause) -> STARTING (spawned, importing) -> READY (forks on request);
+    READY -> BEHIND (a fork request went unanswered: nothing more is sent)
+    -> READY (it answered); STARTING, READY or BEHIND -> GONE (it died, or
+    was killed past its deadline); any -> STOPPED (the pool stopped, or too
+    many servers died without forking): for good.
     """
 
     STARTING = "starting"
@@ -141,6 +94,7 @@ class ForkServer:
         self._start_timeout = start_timeout
         self._control: socket.socket | None = None
         self._transport: Any = None
+        self._killed: set[ForkedProcess] = set()
         self._begun = False
         self._protocol: _ServerProtocol | None = None
         self._children: dict[int, ForkedProcess] = {}
@@ -163,11 +117,16 @@ class ForkServer:
         """Spawn a server; it is ready once it says so (workers are spawned meanwhile)."""
         if self.state is not ServerState.GONE:
             return
-        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        self._protocol = running = _ServerProtocol(self)
+        try:
+            ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        except OSError as exc:  # out of descriptors, say
+            self._lost(running, f"it could not be started: {exc}")
+            running.ended.callback(None)
+            return
         ours.setblocking(False)
         # All set before the launch: a server that dies at once may be
         # reaped, and so lost, before the launch returns.
-        self._protocol = running = _ServerProtocol(self)
         self._control = ours
         self.state = ServerState.STARTING
         self.reactor.addReader(self)
@@ -199,8 +158,11 @@ class ForkServer:
 
         process = ForkedProcess(self.reactor, proto, child_fds, ask)
         self._children[process.pid] = process
+        process.server = self
         self.forked += 1
-        self._failed_starts = 0
+        running = self._protocol
+        if running is not None:
+            running.forked += 1
         return process
 
     def stop(self) -> defer.Deferred:
@@ -237,8 +199,7 @@ class ForkServer:
 
     def doRead(self) -> None:  # noqa: N802 - Twisted's name
         """Act on what the server said: that it is ready, a late answer, which workers ended."""
-        for event in self._read_all():
-            self._act(*event)
+        self._act_on(self._read_all())
 
     def connectionLost(self, reason: Failure) -> None:  # noqa: N802 - Twisted's name
         """The reactor dropped the socket: fork nothing more through it."""
@@ -273,10 +234,22 @@ class ForkServer:
             return (b"exit", self._children.pop(pid, None), status)
         return (word, rest)
 
+    def _act_on(self, events: list[tuple[Any, ...]]) -> None:
+        """Act on each event; one that fails is logged, and the others still count."""
+        for event in events:
+            try:
+                self._act(*event)
+            except Exception:
+                log.failure("procpool: acting on the fork server's {event!r} failed",
+                            event=event[0])
+
     def _act(self, word: bytes, *rest: Any) -> None:
         if word == b"exit":
             process, status = rest
             if process is not None:
+                self._killed.discard(process)
+                if not self._killed and self.state is ServerState.READY:
+                    self._set_timer(None)  # every worker the host killed has ended
                 process.processEnded(status)
         elif word == b"ready" and self.state is ServerState.STARTING:
             self._caught_up()
@@ -287,9 +260,28 @@ class ForkServer:
                 _kill_quietly(int(rest[0]))
             self._caught_up()
 
+    def expect_end(self, process: ForkedProcess) -> None:
+        """
+        The host killed ``process``: its end must come. A server that does not
+        report it within the start timeout (stopped, stuck) is killed, which
+        ends its workers, so nothing waits on it for ever (a pool's stop).
+        """
+        if process in self._children.values():
+            self._killed.add(process)
+            if self.state is ServerState.READY and self._timer is None:
+                self._set_timer(self._start_timeout, self._ends_overdue)
+
+    def _ends_overdue(self) -> None:
+        self._timer = None
+        if self._killed and self.state is ServerState.READY:
+            log.warn("procpool: the fork server did not report the end of {n} killed "
+                     "workers within {s} s; killing it", n=len(self._killed),
+                     s=self._start_timeout)
+            self._kill()
+
     def _caught_up(self) -> None:
         self.state = ServerState.READY
-        self._set_timer(None)
+        self._set_timer(self._start_timeout if self._killed else None, self._ends_overdue)
 
     def _answer(self) -> int:
         """Wait (blocking, at most REPLY_TIMEOUT) for the answer to a fork request."""
@@ -355,8 +347,7 @@ class ForkServer:
         """
         if running is not self._protocol:
             return  # an earlier server's; its workers were settled then
-        for event in self._read_all():
-            self._act(*event)
+        self._act_on(self._read_all())
         self._close_control()
         self._set_timer(None)
         if self.state is not ServerState.STOPPED:
@@ -364,21 +355,24 @@ class ForkServer:
         self.pid = None
         children = list(self._children.values())
         self._children.clear()
+        self._killed.clear()
         for process in children:
-            _kill_quietly(process.pid, group=True)  # one not yet leading its group too
-        for process in children:
-            process.processEnded(signal.SIGKILL)  # the waitpid status of a SIGKILL
+            # The pid itself too: a worker that has not called setsid() yet
+            # leads no group (and one not yet asking for PDEATHSIG lives on).
+            _kill_quietly(process.pid, group=True)
+        self._act_on([(b"exit", process, signal.SIGKILL) for process in children])
         if self.state is ServerState.STOPPED:
             return  # the pool stopped, maybe while those ends were settled
         log.warn("procpool: the fork server ended ({why}); {n} of its workers were killed "
                  "with it; workers are spawned until another is ready", why=why, n=len(children))
-        self._failed_starts += 1
+        # A server that forked workers before it died earns a fresh count.
+        self._failed_starts = 1 if running.forked else self._failed_starts + 1
         if self._failed_starts >= MAX_FAILED_STARTS:
-            log.error("procpool: the fork server ended {n} times in a row without forking a "
-                      "worker; this pool spawns its workers from now on", n=self._failed_starts)
+            log.error("procpool: {n} fork servers in a row ended without forking a worker; "
+                      "this pool spawns its workers from now on", n=self._failed_starts)
             self.state = ServerState.STOPPED
             return
-        self._set_timer(min(30.0, 2.0 ** self._failed_starts), self.start)
+        self._set_timer(2.0 ** self._failed_starts, self.start)
 
 
 def _kill_quietly(pid: int | None, group: bool = False) -> None:
@@ -400,6 +394,7 @@ class _ServerProtocol(protocol.ProcessProtocol):
 
     def __init__(self, server: ForkServer) -> None:
         self.server = server
+        self.forked = 0
         self.ended: defer.Deferred = defer.Deferred()
 
     def childDataReceived(self, childFD: int, data: bytes) -> None:  # noqa: N802, N803

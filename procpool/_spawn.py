@@ -48,6 +48,8 @@ class _ForkServing:
 
     #: The pool's fork server, or None: spawn every worker.
     fork_server: Any = None
+    #: The delayed call that starts it (begin_forking), once asked for.
+    _beginning: Any = None
     reactor: Any
     env: dict[str, str]
     path: str | None
@@ -59,13 +61,15 @@ class _ForkServing:
             env=self.env, path=self.path, usePTY=False,
             childFDs={0: "w", 1: "r", 2: "r", 3: control_fd})
 
-    def begin_forking(self) -> None:
-        """Start the fork server, if any and not yet started."""
-        if self.fork_server is not None:
-            self.fork_server.begin()
+    def begin_forking(self, clock: Any, delay: float) -> None:
+        """Start the fork server, if any, ``delay`` seconds from now; once only."""
+        if self.fork_server is not None and self._beginning is None:
+            self._beginning = clock.callLater(delay, self.fork_server.begin)
 
     def stop(self) -> defer.Deferred:
         """Stop the fork server, if any; fires once it has ended."""
+        if self._beginning is not None and self._beginning.active():
+            self._beginning.cancel()
         if self.fork_server is None:
             return defer.succeed(None)
         return self.fork_server.stop()

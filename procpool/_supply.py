@@ -43,6 +43,9 @@ CORES = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (o
 
 log = Logger()
 
+#: Seconds after the pool's first workers answered that its fork server starts.
+FORK_SERVER_DELAY = 0.05
+
 _READY, _RETIRING, _LOST, _KILLED, _DEAD = (
     WorkerState.READY, WorkerState.RETIRING, WorkerState.LOST, WorkerState.KILLED,
     WorkerState.DEAD)
@@ -188,9 +191,11 @@ class WorkerSupply:
         self._starting.discard(worker)
         self._start_failures = 0
         if not self._starting and self.state is PoolState.RUNNING:
-            # Only now: started beside the first workers, it made the pool's
-            # start slower (29 -> 36 ms to the first result, 2 workers on 2 cores).
-            self._starter.begin_forking()
+            # Only now, and on a later turn: started beside the first workers,
+            # it made the pool's start slower (29 -> 36 ms to the first result,
+            # 2 workers on 2 cores), and its spawn here would hold up the
+            # first answers (about 2 ms with a core held).
+            self._starter.begin_forking(self.clock, FORK_SERVER_DELAY)
         if worker.start_timer is not None and worker.start_timer.active():
             worker.start_timer.cancel()
         worker.start_timer = None

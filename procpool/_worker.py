@@ -397,3 +397,6 @@ class Worker(protocol.ProcessProtocol):
                 self.transport.signalProcess("KILL")
             except error.ProcessExitedAlready:
                 pass
+        killed = getattr(self.transport, "killed", None)  # a forked worker (procpool/_forked.py)
+        if killed is not None:
+            killed()

@@ -177,7 +177,8 @@ class ProcessPool(TaskEndings):
         Stop the pool: queued tasks fail with :class:`PoolStopped`; running
         ones get ``grace`` seconds to finish, then their workers are killed
         (and those tasks fail with PoolStopped too). Fires when every
-        worker process has ended; later submissions fail their Deferred.
+        worker process has ended, and then the fork server; later
+        submissions fail their Deferred.
         """
         if self._stopped is not None:
             return _chain(self._stopped)

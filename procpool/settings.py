@@ -267,7 +267,8 @@ SETTINGS: dict[str, Setting] = {s.name: s for s in [
     Setting("PROCPOOL_FORK_SERVER", True, _bool,
             "Start workers by forking them from a fork server that has imported their "
             "modules (about 3 ms each) instead of as fresh interpreters (about 20-25 ms): "
-            "recycling and replacing workers then cost almost nothing; false spawns each."),
+            "recycling and replacing workers then cost little. The first workers are "
+            "spawned, and so is any while the server cannot fork; false spawns each."),
     Setting("PROCPOOL_SPIN", 0.0002, _float(0.0),
             "Seconds an idle worker polls for its next task before it sleeps (halves the "
             "round trip on an idle machine; costs at most this much CPU per task); one "

@@ -18,12 +18,12 @@ import sys
 import time
 from typing import Any
 
-from twisted.internet import defer, protocol, reactor, task, utils
+from twisted.internet import defer, protocol, reactor, utils
 from twisted.internet.task import Clock
 from twisted.trial import unittest
 
 import procpool
-from procpool import WorkerCrashed
+from procpool import PoolStopped, WorkerCrashed
 from procpool._forker import (
     MAX_FAILED_STARTS,
     REPLY_TIMEOUT,
@@ -61,6 +61,7 @@ def _forked_worker(pool: ProcessPool) -> Any:
 class Forked(s.PoolTestCase):
     min_workers = 1
     max_workers = 1
+    extra_settings = {"PROCPOOL_FORK_SERVER": True}
 
     @defer.inlineCallbacks
     def test_a_replacement_worker_is_forked_by_the_fork_server(self):
@@ -114,24 +115,53 @@ class Forked(s.PoolTestCase):
             self.assertEqual(f.read(), "left")
 
 
+class StuckServer(s.PoolTestCase):
+    min_workers = 1
+    max_workers = 1
+    extra_settings = {"PROCPOOL_FORK_SERVER": True, "PROCPOOL_START_TIMEOUT": 5}
+
+    @defer.inlineCallbacks
+    def test_stop_does_not_wait_for_ever_on_a_server_that_reports_nothing(self):
+        yield _forked_worker(self.pool)
+        running = procpool.run_async(s.sleep, 30)
+        yield s.wait_until(lambda: self.pool.stats()["busy"] == 1, 5)
+        server = _server(self.pool).pid
+        os.kill(server, signal.SIGSTOP)  # stuck: it reports nothing more
+        self.addCleanup(lambda: s.alive(server) and os.kill(server, signal.SIGKILL))
+        began = time.monotonic()
+        stopped = procpool.stop(grace=0)  # kills the worker; only the server can report it
+        with self.assertRaises(PoolStopped):
+            yield running
+        # Past the start timeout the server is killed, which ends its workers' records.
+        yield stopped
+        self.assertLess(time.monotonic() - began, 15)
+        self.assertFalse(s.alive(server))
+
+
 class Recycled(unittest.TestCase):
     @defer.inlineCallbacks
     def test_recycled_workers_are_forked_and_stop_leaves_no_process_or_descriptor(self):
         # The reactor makes its SIGCHLD waker (a pipe) at its first child process.
         yield utils.getProcessValue(sys.executable, ["-c", ""])
         fds_before = len(os.listdir("/proc/self/fd"))
-        pool = ProcessPool(min_workers=2, max_workers=2, recycle=50)
+        pool = ProcessPool(min_workers=2, max_workers=2, recycle=50, fork_server=True)
         self.addCleanup(pool.stop)
         yield pool.start()
         yield _server_ready(pool)
         parents = yield defer.gatherResults([pool.submit_call(os.getppid) for _ in range(400)])
         server = _server(pool).pid
         self.assertIn(server, parents)
-        self.assertGreaterEqual(pool.stats()["workers_recycled"], 4)
+        figures = pool.stats()
+        self.assertGreaterEqual(figures["workers_recycled"], 4)
+        # Every worker after the first two was forked (the server was ready).
+        self.assertEqual(_server(pool).forked, figures["workers_started"] - 2)
         # The server reaps what it forked: no zombie under it or under the host.
-        yield task.deferLater(reactor, 0.2, lambda: None)
-        self.assertEqual([p for p, state in s.children_of(server) if state == "Z"], [])
-        self.assertEqual([p for p, state in s.children_of(os.getpid()) if state == "Z"], [])
+
+        def zombies() -> list[int]:
+            under = s.children_of(server) + s.children_of(os.getpid())
+            return [p for p, state in under if state == "Z"]
+
+        self.assertTrue((yield s.wait_until(lambda: not zombies(), 5)), zombies())
         forked = [p for p, _ in s.children_of(server)]
         self.assertTrue(forked)
         yield pool.stop()
@@ -254,6 +284,7 @@ class FailingServer(unittest.TestCase):
         with self.assertRaises(ForkFailed):
             server.fork(protocol.ProcessProtocol(),
                         {0: "w", 1: "r", 2: "r", 3: "w", 4: "r", 5: pair[1].fileno()}, True)
+        self.assertGreaterEqual(time.monotonic() - began, REPLY_TIMEOUT * 0.9)  # it waited
         self.assertLess(time.monotonic() - began, 2 * REPLY_TIMEOUT + 0.5)
         self.assertEqual(len(os.listdir("/proc/self/fd")), fds_before)  # the pipes closed
         self.assertIs(server.state, ServerState.BEHIND)

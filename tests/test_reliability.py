@@ -315,11 +315,14 @@ class RecyclingBounds(_OwnPool):
         yield pool.start()
         most = [0]
         # The process-wide pool's worker and fork server are not this pool's.
-        others = {*self.pool.stats()["pids"], self.pool._starter.fork_server.pid}
+        def server_of(p: ProcessPool) -> int | None:
+            return p._starter.fork_server.pid if p._starter.fork_server is not None else None
+
+        others = {*self.pool.stats()["pids"], server_of(self.pool)}
 
         def sample():
             # This pool's workers: the host's children and its fork server's.
-            server = pool._starter.fork_server.pid
+            server = server_of(pool)
             under = s.children_of(os.getpid()) + (s.children_of(server) if server else [])
             alive = [p for p, state in under
                      if state != "Z" and p not in others and p != server]

@@ -2,9 +2,9 @@
 The fork server: one process per pool that has imported everything a worker
 needs at start, and forks a ready worker whenever the host asks.
 
-A worker started as a fresh interpreter costs about 25 ms of CPU (the
-interpreter, site, these modules, ctypes and resource); forked from here it
-costs about 2 ms. Recycling and replacing workers then take almost nothing
+A worker started as a fresh interpreter is ready after about 20-25 ms of
+CPU (the interpreter, site, these modules, ctypes and resource); forked from
+here, after about 3 ms. Recycling and replacing workers then take little
 from a burst's throughput (docs/design.md, "The fork server"). The host
 itself is never forked: it runs Twisted and threads.
 
@@ -79,10 +79,7 @@ def serve() -> None:
     poller.register(control, select.POLLIN)
     poller.register(wake_r, select.POLLIN)
     gc.freeze()  # what is imported stays shared with every worker forked
-    try:
-        control.send(b"ready")
-    except OSError:
-        sys.exit(0)  # the pool stopped while this server started
+    _tell(control, b"ready")
     while True:
         for fd, _ in poller.poll():
             if fd == wake_r:
@@ -147,6 +144,14 @@ def _exit_code(code: object) -> int:
     return 1
 
 
+def _tell(control: socket.socket, message: bytes) -> None:
+    """Send the host one message; if its end is gone, the pool has stopped: leave quietly."""
+    try:
+        control.send(message)
+    except OSError:
+        sys.exit(0)
+
+
 def _nothing(signum: int, frame: object) -> None:
     """SIGCHLD's handler: the wake-up descriptor is what wakes the loop."""
 
@@ -168,26 +173,26 @@ def _report_exits(control: socket.socket) -> None:
             return
         if not pid:
             return
-        control.send(b"exit %d %d" % (pid, status))
+        _tell(control, b"exit %d %d" % (pid, status))
 
 
 def _fork(control: socket.socket, message: bytes, fds: list[int]) -> bool:
     """Fork one worker; True in the worker, False here once the host has its answer."""
     if message not in (b"fork s", b"fork n") or len(fds) != WORKER_FDS:
         _close(fds)
-        control.send(b"error a fork request needs 'fork s' or 'fork n' and %d descriptors, "
-                     b"got %r with %d" % (WORKER_FDS, message[:32], len(fds)))
+        _tell(control, b"error a fork request needs 'fork s' or 'fork n' and %d descriptors, "
+                       b"got %r with %d" % (WORKER_FDS, message[:32], len(fds)))
         return False
     try:
         pid = os.fork()
     except OSError as exc:
         _close(fds)
-        control.send(b"error " + str(exc).encode("utf-8", "replace"))
+        _tell(control, b"error " + str(exc).encode("utf-8", "replace"))
         return False
     if pid == 0:
         return True
     _close(fds)
-    control.send(b"pid %d" % pid)
+    _tell(control, b"pid %d" % pid)
     return False
 
 
