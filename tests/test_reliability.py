@@ -318,10 +318,10 @@ class RecyclingBounds(_OwnPool):
         def server_of(p: ProcessPool) -> int | None:
             return p._starter.fork_server.pid if p._starter.fork_server is not None else None
 
-        others = {*self.pool.stats()["pids"], server_of(self.pool)}
-
         def sample():
-            # This pool's workers: the host's children and its fork server's.
+            # This pool's workers: the host's children and its fork server's
+            # (the process-wide pool's server may start meanwhile).
+            others = {*self.pool.stats()["pids"], server_of(self.pool)}
             server = server_of(pool)
             under = s.children_of(os.getpid()) + (s.children_of(server) if server else [])
             alive = [p for p, state in under
