@@ -34,6 +34,9 @@ class ForkedProcess(Process):
     to the server and returns the worker's pid, or raises.
     """
 
+    #: The fork server that forked it (procpool/_forker.py's ForkServer sets it).
+    server: Any = None
+
     def __init__(self, reactor: Any, proto: protocol.ProcessProtocol,
                  child_fds: dict[int, Any], fork: Callable[[list[int]], int]) -> None:
         if sorted(child_fds) != list(range(WORKER_FDS)):
@@ -70,9 +73,6 @@ class ForkedProcess(Process):
             proto.makeConnection(self)
         except Exception:
             log.failure("procpool: a forked worker's protocol failed to connect")
-
-    #: The fork server that forked it (procpool/_forker.py's ForkServer sets it).
-    server: Any = None
 
     def reapProcess(self) -> None:  # noqa: N802 - Twisted's name
         """Nothing to wait for here: the server reaps the worker and reports its end."""

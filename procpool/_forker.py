@@ -6,7 +6,7 @@ docs/design.md, "The fork server"). Each forked worker's transport is a
 :class:`~procpool._forked.ForkedProcess`, whose end :class:`ForkServer`
 reports from the server's own ``waitpid``.
 
-The server starts once the pool's first workers (spawned) have answered.
+The server starts 50 ms after the pool's first workers (spawned) have answered.
 Workers are spawned whenever it cannot fork: while it starts, while a fork
 request is unanswered, after it died. When the server dies, so do its
 workers (``PR_SET_PDEATHSIG``); the host kills their process groups too,
@@ -230,7 +230,10 @@ class ForkServer:
     def _event(self, message: bytes) -> tuple[Any, ...]:
         word, _, rest = message.partition(b" ")
         if word == b"exit":
-            pid, status = (int(part) for part in rest.split())
+            try:
+                pid, status = (int(part) for part in rest.split())
+            except ValueError:
+                return (b"garbled", message)
             return (b"exit", self._children.pop(pid, None), status)
         return (word, rest)
 
@@ -256,9 +259,12 @@ class ForkServer:
             log.debug("fork server {pid} ready", pid=self.pid)
         elif word in (b"pid", b"error") and self.state is ServerState.BEHIND:
             # The answer to a request given up on: a worker forked then has no host.
-            if word == b"pid":
+            if word == b"pid" and rest[0].isdigit():
                 _kill_quietly(int(rest[0]))
             self._caught_up()
+        elif word == b"garbled":
+            log.error("procpool: the fork server said {message!r}, which is no message of "
+                      "its protocol; ignored", message=rest[0][:80])
 
     def expect_end(self, process: ForkedProcess) -> None:
         """
@@ -299,7 +305,7 @@ class ForkServer:
                 continue
             except OSError as exc:
                 raise ForkFailed(f"the fork server's socket failed: {exc}") from None
-            if data.startswith(b"pid "):
+            if data.startswith(b"pid ") and data[4:].isdigit():
                 return int(data[4:])
             if data.startswith(b"error "):
                 raise ForkFailed(data[6:].decode("utf-8", "replace"))

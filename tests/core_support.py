@@ -335,3 +335,16 @@ def pid_in_within(path: str, seconds: float) -> int | None:
             return found
         time.sleep(0.05)
     return None
+
+
+def write_from_a_thread(path: str, text: str, delay: float) -> bool:
+    """Start a non-daemon thread that writes ``text`` to ``path`` after ``delay`` seconds."""
+    import threading
+
+    def write() -> None:
+        time.sleep(delay)
+        with open(path, "w") as f:
+            f.write(text)
+
+    threading.Thread(target=write, daemon=False).start()
+    return True

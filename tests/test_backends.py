@@ -320,8 +320,14 @@ def test_a_game_reaches_the_cluster_through_ray_client():
                                 .addBoth(lambda _: reactor.stop()))
         reactor.run()
     """)
-    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                         timeout=180, env={**os.environ, **ray_support.LOOPBACK_ENV})
+    for _ in range(2):
+        out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                             timeout=180, env={**os.environ, **ray_support.LOOPBACK_ENV})
+        # Ray's own proxy at times fails to start the client's server process (it
+        # died at once, seen with pids near the machine's pid_max; plain
+        # ray.init("ray://...") failed the same way): one more try, then fail.
+        if "Starting Ray client server failed" not in out.stdout + out.stderr:
+            break
     said = dict(line.split(" ", 1) for line in out.stdout.splitlines() if " " in line)
     assert said.get("power") == "32", out.stdout[-2000:] + out.stderr[-3000:]
     assert said.get("source") == "42"

@@ -114,6 +114,16 @@ class Forked(s.PoolTestCase):
         with open(path) as f:
             self.assertEqual(f.read(), "left")
 
+    @defer.inlineCallbacks
+    def test_a_forked_worker_waits_for_its_non_daemon_threads_when_it_leaves(self):
+        # As a normal exit does: run_worker's _exit would otherwise kill the thread.
+        self.assertEqual((yield _forked_worker(self.pool)), _server(self.pool).pid)
+        path = self.mktemp()
+        yield procpool.run_async(s.write_from_a_thread, path, "done", 0.5)
+        yield procpool.stop()
+        written = yield s.wait_until(lambda: os.path.exists(path), 5)
+        self.assertTrue(written, "the forked worker left without its thread's write")
+
 
 class StuckServer(s.PoolTestCase):
     min_workers = 1
@@ -222,7 +232,6 @@ class FailingServer(unittest.TestCase):
         self.assertFalse(server.ready)
         self.assertEqual(clock.getDelayedCalls(), [])
 
-
     @defer.inlineCallbacks
     def test_a_server_that_dies_before_its_launch_returns_leaves_one_retry_and_nothing_else(self):
         clock = Clock()
@@ -249,7 +258,6 @@ class FailingServer(unittest.TestCase):
         self.assertEqual(clock.getDelayedCalls(), [])
         self.assertEqual(len(launched), 1)
 
-
     @defer.inlineCallbacks
     def test_stop_fires_when_the_last_launch_failed(self):
         clock = Clock()
@@ -264,6 +272,21 @@ class FailingServer(unittest.TestCase):
         clock.advance(60)
         self.assertTrue(stopped.called)
         self.assertEqual(clock.getDelayedCalls(), [])
+        yield stopped
+
+    @defer.inlineCallbacks
+    def test_a_message_outside_the_protocol_is_logged_and_the_server_still_serves(self):
+        clock = Clock()
+        ended: list[defer.Deferred] = []
+        code = ("import os, time; os.write(3, b'exit nonsense'); os.write(3, b'ready'); "
+                "time.sleep(60)")
+        server = ForkServer(reactor, clock, _launcher(code, ended))
+        server.start()
+        self.assertTrue((yield s.wait_until(lambda: server.ready, 10)))
+        logged = self.flushLoggedErrors()  # nothing raised out of the reader
+        self.assertEqual(logged, [])
+        stopped = server.stop()
+        clock.advance(5)  # this stand-in does not exit at EOF: killed after 5 s
         yield stopped
 
     @defer.inlineCallbacks

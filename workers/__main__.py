@@ -10,9 +10,9 @@ imported, that first entry is taken out again: the working directory takes
 its place (where ``-m`` would put it), and PYTHONPATH loses it, so tasks and
 what they start see the path the host had. ``python -m workers`` by hand
 says what this is and exits. With ``--forker`` it is the pool's fork
-server, and its forked children become workers here. A task's multiprocessing child started with
-``spawn`` or ``forkserver`` runs this file again as ``__mp_main__``: it
-then does nothing.
+server (workers/forker.py), and its forked children become workers here. A
+task's multiprocessing child started with ``spawn`` or ``forkserver`` runs
+this file again as ``__mp_main__``: it then does nothing.
 """
 
 import os
