@@ -98,7 +98,15 @@ def bench_plain_ray(address: str) -> dict:
 
 
 def bench_pair(address: str) -> dict:
-    """The backend and plain Ray in one process, alternating block by block."""
+    """
+    The backend, plain Ray and Ray's asyncio in one process, alternating block
+    by block. ``ray.get`` blocks the reactor's thread while it waits, which a
+    game cannot; Ray's asyncio (``await ref``, ``asyncio.gather``) is Ray's own
+    way to learn of results without blocking, on an event loop run in the same
+    thread for each block.
+    """
+    import asyncio
+
     from run import _in_reactor, _percentiles
     from tasks import echo, noop
     from twisted.internet import defer
@@ -107,6 +115,7 @@ def bench_pair(address: str) -> dict:
 
     procpool.configure(PROCPOOL_BACKEND="ray", PROCPOOL_RAY_ADDRESS=address)
     out: dict = {}
+    loop = asyncio.new_event_loop()
 
     @defer.inlineCallbacks
     def run():
@@ -114,45 +123,86 @@ def bench_pair(address: str) -> dict:
         import ray  # connected by the backend's thread; plain calls share the connection
         remote_noop = ray.remote(max_retries=0, num_cpus=1)(noop)
         remote_echo = ray.remote(max_retries=0, num_cpus=1)(echo)
-        ours, plain = [], []
+
+        async def awaited(remote, args):
+            samples = []
+            for arg in args:
+                t = time.perf_counter()
+                back = await remote.remote(arg)
+                samples.append(time.perf_counter() - t)
+            return samples, back
+
+        async def gathered():
+            await asyncio.gather(*[remote_noop.remote(i) for i in range(BURST)])
+
+        def in_turn(remote, args, who):
+            """One block of one-at-a-time calls by ``who``: (each call's seconds, last result)."""
+            if who == "aio":
+                return loop.run_until_complete(awaited(remote, args))
+            samples = []
+            for arg in args:
+                t = time.perf_counter()
+                back = ray.get(remote.remote(arg))
+                samples.append(time.perf_counter() - t)
+            return samples, back
+
+        rts: dict[str, list[float]] = {who: [] for who in WHO}
         for i in range(200):
             yield procpool.run_async(noop, i)
             ray.get(remote_noop.remote(i))
-        for _ in range(10):
-            for i in range(ROUND_TRIPS // 10):
-                t = time.perf_counter()
-                yield procpool.run_async(noop, i)
-                ours.append(time.perf_counter() - t)
-            for i in range(ROUND_TRIPS // 10):
-                t = time.perf_counter()
-                ray.get(remote_noop.remote(i))
-                plain.append(time.perf_counter() - t)
-        out["rt_p50_us"], out["rt_p99_us"] = _percentiles(ours)
-        out["ray_rt_p50_us"], out["ray_rt_p99_us"] = _percentiles(plain)
-        bursts: dict[str, float] = {"ours": 0.0, "plain": 0.0}
-        for who in ("ours", "plain", "plain", "ours"):
-            t = time.perf_counter()
-            if who == "ours":
-                yield defer.gatherResults([procpool.run_async(noop, i) for i in range(BURST)])
-            else:
-                ray.get([remote_noop.remote(i) for i in range(BURST)])
-            bursts[who] += time.perf_counter() - t
-        out["burst_per_s"] = 2 * BURST / bursts["ours"]
-        out["ray_burst_per_s"] = 2 * BURST / bursts["plain"]
+        in_turn(remote_noop, range(200), "aio")
+        for block in range(12):
+            for who in _rotated(block):
+                if who == "ours":
+                    for i in range(ROUND_TRIPS // 12):
+                        t = time.perf_counter()
+                        yield procpool.run_async(noop, i)
+                        rts["ours"].append(time.perf_counter() - t)
+                else:
+                    rts[who] += in_turn(remote_noop, range(ROUND_TRIPS // 12), who)[0]
+        bursts = dict.fromkeys(WHO, 0.0)
+        echoes = dict.fromkeys(WHO, 0.0)
         data = os.urandom(MiB)
-        echoes = {"ours": 0.0, "plain": 0.0}
-        for who in ("ours", "plain", "plain", "ours"):
-            t = time.perf_counter()
-            for _ in range(ECHOES // 2):
-                back = ((yield procpool.run_async(echo, data)) if who == "ours"
-                        else ray.get(remote_echo.remote(data)))
-            assert back == data
-            echoes[who] += time.perf_counter() - t
-        out["echo_mib_s"] = ECHOES / echoes["ours"]
-        out["ray_echo_mib_s"] = ECHOES / echoes["plain"]
+        for block in range(6):
+            for who in _rotated(block):
+                t = time.perf_counter()
+                if who == "ours":
+                    yield defer.gatherResults([procpool.run_async(noop, i)
+                                               for i in range(BURST // 2)])
+                elif who == "aio":
+                    loop.run_until_complete(gathered())
+                else:
+                    ray.get([remote_noop.remote(i) for i in range(BURST // 2)])
+                bursts[who] += time.perf_counter() - t
+            for who in _rotated(block):
+                t = time.perf_counter()
+                if who == "ours":
+                    for _ in range(ECHOES // 6):
+                        back = yield procpool.run_async(echo, data)
+                else:
+                    back = in_turn(remote_echo, [data] * (ECHOES // 6), who)[1]
+                assert back == data
+                echoes[who] += time.perf_counter() - t
+        for who, prefix in zip(WHO, ("", "ray_", "aio_"), strict=True):
+            out[prefix + "rt_p50_us"], out[prefix + "rt_p99_us"] = _percentiles(rts[who])
+            out[prefix + "burst_per_s"] = 6 * (BURST // 2) / bursts[who]
+            out[prefix + "echo_mib_s"] = 6 * (ECHOES // 6) / echoes[who]
         yield procpool.stop()
 
-    return _in_reactor(run, out)
+    try:
+        return _in_reactor(run, out)
+    finally:
+        loop.close()
+
+
+WHO = ("ours", "plain", "aio")  # the backend, ray.get, Ray's asyncio
+
+
+def _rotated(block: int) -> tuple[str, ...]:
+    """The contenders' order in ``block``: each goes first, second and last in turn."""
+    k = block % len(WHO)
+    order = WHO[k:] + WHO[:k]
+    return order if block % 2 == 0 else order[::-1]
 
 
 def bench_local() -> dict:
@@ -228,13 +278,17 @@ def main() -> None:
               f"throughput {tp:+.1f}%")
     if pair:
         print(f"\npaired (one process, alternating blocks; medians of {args.repeat}):\n")
-        print(f"{'figure':<20}{'procpool-ray':>14}{'plain ray':>12}{'overhead':>10}")
+        print(f"{'figure':<20}{'procpool-ray':>14}{'ray.get':>10}{'overhead':>10}"
+              f"{'Ray asyncio':>13}{'overhead':>10}")
         for key, title, sense in PAIRED:
-            ours, plain = pair[key], pair["ray_" + key]
-            overhead = 100 * (ours / plain - 1) if sense < 0 else 100 * (1 - ours / plain)
-            print(f"{title:<20}{ours:>14,.0f}{plain:>12,.0f}{overhead:>+9.1f}%")
+            ours, plain, aio = pair[key], pair["ray_" + key], pair["aio_" + key]
+            cells = []
+            for base in (plain, aio):
+                overhead = 100 * (ours / base - 1) if sense < 0 else 100 * (1 - ours / base)
+                cells.append((base, overhead))
+            print(f"{title:<20}{ours:>14,.0f}{cells[0][0]:>10,.0f}{cells[0][1]:>+9.1f}%"
+                  f"{cells[1][0]:>13,.0f}{cells[1][1]:>+9.1f}%")
         print("(overhead: extra time per round trip; throughput lost; goal under 10%)")
-
 
 if __name__ == "__main__":
     main()

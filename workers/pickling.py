@@ -39,7 +39,14 @@ _SEQUENCES = (tuple, type({}.values()))
 
 
 def _may_name_main(obj: Any) -> bool:
-    """Could ``obj``'s pickle refer to ``__main__``? Cheap for the common shapes."""
+    """
+    Could ``obj``'s pickle refer to ``__main__``? Cheap for the common shapes:
+    a task's ``(callable, args[, kwargs])`` and a plain result (bytes, str, a
+    number), whose pickle is then not scanned (a 1 MiB result's scan cost more
+    than its pickling).
+    """
+    if type(obj) in _PLAIN:
+        return False
     if type(obj) is not tuple or len(obj) not in (2, 3):
         return True
     head, *rest = obj
