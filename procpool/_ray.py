@@ -8,10 +8,10 @@ The Ray backend: the same ``run_async`` on a Ray cluster (``PROCPOOL_BACKEND = "
         |
         v
     the pool's outbox; the first task of a burst asks the link's thread for a send
-        |
+        |              (a lone small task, none other in flight, is sent here instead)
         v
-    Link.calls (FIFO, procpool/_ray_link.py) --- one thread, "procpool-ray", makes every
-        |              Ray call: ray.init, remote(...), ray.cancel(force=True), cluster_resources
+    Link.calls (FIFO, procpool/_ray_link.py): the thread "procpool-ray" makes the other
+        |              Ray calls: ray.init, remote(...), ray.cancel(force=True), resources
         v
     Ray cluster: workers.ray_task.run(header + kind + payload) in a Ray worker process
         |              (a payload of 64 KiB or more is a second argument, not joined)
@@ -21,20 +21,19 @@ The Ray backend: the same ``run_async`` on a Ray cluster (``PROCPOOL_BACKEND = "
         |              of a batch asks the reactor for a turn (callFromThread)
         v
     reactor thread: drains the inbox: each answer -> result or rebuilt exception;
-                    at_return / at_err
+                    at_return / at_err (while ends come fast, every 5 ms for all)
 
-The reactor thread never calls into Ray, so it never waits on it (no
-``ray.get`` there, no polling): it hands calls to the link's thread and
-hears back through ``callFromThread``. ``import ray`` itself happens in that
-thread, so a game that does not choose Ray never imports it. One process
-has one Ray connection (Ray's own rule), so the link is process-wide and
-outlives a stopped pool; Ray closes it at exit. What differs from the local
-pool is listed in docs/scale-out.md.
+The reactor thread never waits on Ray (no ``ray.get`` there, no polling):
+it hands calls to the link's thread and hears back through ``callFromThread``;
+its one Ray call, ``.remote()`` for a lone small task, only queues the task
+(``Link.may_send_here``). ``import ray`` happens in the link's thread, so a
+game that does not choose Ray never imports it. A process has one Ray
+connection (Ray's rule), so the link is process-wide and outlives a stopped
+pool. What differs from the local pool: docs/scale-out.md.
 """
 
 from __future__ import annotations
 
-import gc
 import pickle
 import sys
 import time
@@ -45,7 +44,7 @@ from twisted.internet import defer
 from twisted.logger import Logger
 
 from procpool import _codec, settings
-from procpool._ray_link import Link, Task, _disconnect, link_for, ray_error
+from procpool._ray_link import Link, Task, _disconnect, freeze_the_heap, link_for, ray_error
 from procpool._supply import PoolState as _State
 from procpool.errors import (
     PayloadTooLarge,
@@ -69,6 +68,7 @@ log = Logger()
 # 5 ms, 3.2-3.8 ms at this (tests/test_backends.py); throughput moved within noise.
 _SWITCH_INTERVAL = 0.0005
 _DRAIN_SLICE = 0.001  # seconds of settling in one reactor turn, then the rest next turn
+_LINGER = 0.005  # ends coming faster than this apart are settled together, this often
 
 
 class RayPool:
@@ -121,6 +121,8 @@ class RayPool:
         self._sending = False
         self._inbox: deque[tuple[Task, Any]] = deque()  # (task, its answer or Ray's error)
         self._draining = False
+        self._drained_at = 0.0  # perf_counter() at the last drain
+        self._linger: Any = None  # the DelayedCall of the next drain while ends come fast
         self.canceller = self._cancel
 
     # -- lifecycle -------------------------------------------------------
@@ -210,7 +212,7 @@ class RayPool:
             return
         if self.gc_freeze and not self._link.frozen:  # type: ignore[union-attr]
             self._link.frozen = True  # type: ignore[union-attr]
-            _freeze_the_heap()
+            freeze_the_heap()
         warm = self._submit(b"c", pickle.dumps((int, (), {})), None,
                             counts=dict.fromkeys(_COUNTERS, 0))
         warm.addCallbacks(lambda _: self._start_ended(), lambda f: self._fail_start(
@@ -252,6 +254,9 @@ class RayPool:
         self.state = _State.STOPPED
         if self._stop_kill is not None and self._stop_kill.active():
             self._stop_kill.cancel()
+        if self._linger is not None and self._linger.active():
+            self._linger.cancel()  # nothing is left to arrive
+            self._linger, self._draining = None, False
         if not self._start_done:  # stopped before the first no-op answered
             self._start_ended(PoolStopped("the pool was stopped before it had started"))
         if self._stopped is not None and not self._stopped.called:
@@ -288,6 +293,7 @@ class RayPool:
                                "tasks"))
             return d
         task = Task(kind, payload, timeout, d, counts if counts is not None else self.counters)
+        lone = not self._tasks and self._start_done
         self._tasks[d] = task
         if timeout:
             task.timer = self.clock.callLater(timeout, self._expire, task)
@@ -295,7 +301,10 @@ class RayPool:
         if not self._sending:
             self._sending = True
             link = self._link
-            link.call(link.send, self)  # type: ignore[union-attr]
+            if lone and link.may_send_here(task):  # type: ignore[union-attr]
+                link.send(self)  # type: ignore[union-attr]
+            else:
+                link.call(link.send, self)  # type: ignore[union-attr]
         return d
 
     # -- endings (reactor thread) -------------------------------------------
@@ -321,18 +330,36 @@ class RayPool:
             self.reactor.callFromThread(self._drain)
 
     def _drain(self) -> None:
-        """(Reactor) settle the tasks whose ends arrived, about a millisecond's worth a turn."""
-        self._draining = False  # before draining: an end put after this asks for a new turn
+        """
+        (Reactor) settle the tasks whose ends arrived, a millisecond's worth a
+        turn. While ends come faster than one per ``_LINGER`` and tasks wait in
+        Ray's queue (more in flight than the cluster's CPUs, 4 times over), the
+        reactor comes back ``_LINGER`` later for all that arrived meanwhile:
+        ``_draining`` stays set, so Ray's thread does not wake it for each, at
+        about 50 us of the reactor's CPU a wake (docs/scale-out.md).
+        """
+        self._linger = None
+        now = time.perf_counter()
+        busy, self._drained_at = now - self._drained_at < _LINGER, now
         inbox, settled = self._inbox, 0
-        deadline = time.perf_counter() + _DRAIN_SLICE
+        deadline = now + _DRAIN_SLICE
         while inbox:
             self._settle(*inbox.popleft())
             settled += 1
             if settled % 16 == 0 and time.perf_counter() > deadline:
-                break
-        if inbox and not self._draining:
+                self.reactor.callLater(0, self._drain)  # the rest next turn: others get theirs
+                return
+        if busy and settled and len(self._tasks) > self._queued_beyond():
+            self._linger = self.reactor.callLater(_LINGER, self._drain)
+            return
+        self._draining = False  # an end put from now on asks for a turn of its own
+        if inbox:  # put while the flag was still set
             self._draining = True
-            self.reactor.callLater(0, self._drain)  # the rest next turn: others get theirs
+            self.reactor.callLater(0, self._drain)
+
+    def _queued_beyond(self) -> int:
+        """How many tasks in flight mean that some wait in Ray's queue: a burst."""
+        return max(8, 4 * self._link.cpus) if self._link is not None else 8
 
     def _settle(self, task: Task, outcome: Any) -> None:
         """The task's ObjectRef is done: its answer box's bytes, or Ray's error."""
@@ -400,10 +427,8 @@ class RayPool:
         """
         The local pool's figures, for the Ray backend: ``workers`` is the
         cluster's CPU count (looked at every few seconds), ``in_flight`` the
-        tasks handed to Ray and not settled; ``backend`` and ``address``
-        say where they run::
-
-            procpool.stats()["backend"]      # "ray"
+        tasks handed to Ray and not settled; ``backend`` (``"ray"``) and
+        ``address`` say where they run.
         """
         link = self._link
         if link is not None:
@@ -422,17 +447,3 @@ class RayPool:
                                    * 1000, 3) if latencies else None)
         return figures
 
-
-def _freeze_the_heap() -> None:
-    """
-    Collect once, then move every object alive (Ray's modules, the game's
-    own long-lived objects) out of the collector's later passes: with Ray
-    imported a full collection held the GIL, so every thread, 52-98 ms
-    (docs/scale-out.md). Objects made later are collected as before.
-    """
-    started = time.perf_counter()
-    gc.collect()
-    gc.freeze()
-    log.info("procpool: {count} objects moved out of the garbage collector's full passes "
-             "after connecting to Ray (gc.freeze; PROCPOOL_RAY_GC_FREEZE), in {ms:.0f} ms",
-             count=gc.get_freeze_count(), ms=(time.perf_counter() - started) * 1000)

@@ -7,6 +7,7 @@ process-wide and outlives a stopped pool.
 
 from __future__ import annotations
 
+import gc
 import os
 import queue
 import threading
@@ -20,7 +21,7 @@ from twisted.logger import Logger
 from procpool.errors import RemoteError, SettingError, WorkerCrashed
 from workers import ray_task
 
-__all__ = ["Link", "Task", "link_for", "ray_error"]
+__all__ = ["Link", "Task", "freeze_the_heap", "link_for", "ray_error"]
 
 log = Logger()
 
@@ -54,6 +55,9 @@ class Link:
     def __init__(self, reactor: Any, address: str) -> None:
         self.reactor, self.address = reactor, address
         self.remote: Any = None      # workers.ray_task.run as a Ray remote function
+        # May a lone small task be handed to Ray from the reactor's thread (see
+        # Link.send_here)? Not through Ray Client, whose .remote() is a network call.
+        self.here = False
         self.error: BaseException | None = None
         self.cpus = 0
         self.frozen = False  # gc.freeze() done after connecting (RayPool, once a connection)
@@ -112,6 +116,7 @@ class Link:
                 options["address"] = self.address
             ray.init(**options)
         self.remote = ray.remote(max_retries=0, num_cpus=1, name="procpool")(ray_task.run)
+        self.here = not _through_ray_client(ray)
         self.look_at_resources()
 
     def look_at_resources(self) -> None:
@@ -122,6 +127,20 @@ class Link:
         import ray
         self.resources_at = now
         self.cpus = int(ray.cluster_resources().get("CPU", 0))
+
+    def may_send_here(self, task: Task) -> bool:
+        """
+        May ``task`` be handed to Ray from the caller's thread (the reactor's)?
+        Yes for a small task on a connection that is not Ray Client: its
+        ``.remote()`` queues it in this process's Ray core worker and returns,
+        in CPU time only (the remote function was exported when the link
+        connected, and an argument under ``_APART`` is sent inline, not put in
+        Ray's object store). That saves a wake of the link's thread, about
+        80 us of a lone task's round trip; a burst still goes through the
+        link's thread, so the reactor never spends more than one task's
+        ``.remote()`` this way in one turn.
+        """
+        return self.here and len(task.payload) < _APART
 
     def send(self, pool: Any) -> None:
         """
@@ -184,6 +203,15 @@ def _when_done(ref: Any, callback: Callable[[Any], Any]) -> None:
         callback(outcome)
 
     ref.future().add_done_callback(unwrap)
+
+
+def _through_ray_client(ray: Any) -> bool:
+    """Is this process's Ray connection a Ray Client one (``ray://``)?"""
+    try:
+        from ray.util.client import ray as client
+    except ImportError:
+        return False
+    return bool(client.is_connected())
 
 
 def _on_loopback(address: str) -> bool:
@@ -254,3 +282,18 @@ def _disconnect(patience: float = 30.0) -> None:
     link.call(shut_down)
     link.calls.put(None)
     done.wait(patience)
+
+
+def freeze_the_heap() -> None:
+    """
+    Collect once, then move every object alive (Ray's modules, the game's
+    own long-lived objects) out of the collector's later passes: with Ray
+    imported a full collection held the GIL, so every thread, 52-98 ms
+    (docs/scale-out.md). Objects made later are collected as before.
+    """
+    started = time.perf_counter()
+    gc.collect()
+    gc.freeze()
+    log.info("procpool: {count} objects moved out of the garbage collector's full passes "
+             "after connecting to Ray (gc.freeze; PROCPOOL_RAY_GC_FREEZE), in {ms:.0f} ms",
+             count=gc.get_freeze_count(), ms=(time.perf_counter() - started) * 1000)

@@ -20,7 +20,7 @@ import threading
 import time
 
 import pytest
-from twisted.internet import defer, task
+from twisted.internet import defer, reactor, task
 
 import procpool
 from procpool import PayloadTooLarge, ProcPoolTimeout, WorkerCrashed
@@ -219,6 +219,48 @@ class ContractOnRay(ray_support.OnRay, Contract):
             yield procpool.run_async(s.sleep, 30, proc_timeout=0.5)
         yield s.wait_until(lambda: calls, 5)
         self.assertEqual(calls, ["procpool-ray"])
+
+
+    @defer.inlineCallbacks
+    def test_a_lone_small_task_is_handed_to_ray_here_a_bursts_others_by_the_link(self):
+        from procpool import _ray_link
+        link, here = _ray_link._link, threading.current_thread().name  # the reactor's
+        real, threads = link.remote, []
+
+        class Watched:
+            def remote(self, *args):
+                threads.append(threading.current_thread().name)
+                return real.remote(*args)
+
+        link.remote = Watched()
+        self.addCleanup(setattr, link, "remote", real)
+        self.assertEqual((yield procpool.run_async(s.add, 1, 2)), 3)
+        self.assertEqual(threads, [here])
+        yield procpool.run_async(s.echo, b"x" * 100_000)  # put in Ray's object store: not here
+        yield defer.gatherResults([procpool.run_async(s.add, i, 1) for i in range(50)])
+        self.assertEqual(len(threads), 52)
+        self.assertEqual(threads[1], "procpool-ray")
+        self.assertLessEqual(threads[2:].count(here), 1, threads)  # the burst's first, at most
+
+    @defer.inlineCallbacks
+    def test_ends_that_come_fast_are_settled_together_and_no_timer_stays_after(self):
+        settled: list[float] = []
+        results = yield defer.gatherResults([
+            procpool.run_async(s.add, i, 0).addCallback(
+                lambda r: settled.append(time.perf_counter()) or r) for i in range(300)])
+        self.assertEqual(results, list(range(300)))
+        # The reactor's turns that settled ends: they come about a millisecond apart
+        # here, so without lingering the turns would be as close; with it, 5 ms apart.
+        starts = [b for a, b in zip(settled, settled[1:], strict=False) if b - a > 0.0005]
+        gaps = sorted(b - a for a, b in zip(starts, starts[1:], strict=False))
+        self.assertGreater(len(gaps), 5)
+        self.assertGreater(gaps[len(gaps) // 2], 0.004, gaps)
+        idle = yield s.wait_until(lambda: self.pool._linger is None and not self.pool._draining, 1)
+        self.assertTrue(idle, "the reactor still comes back for ends after the burst")
+        for i in range(20):  # one at a time, quickly: each end is settled at once, not held
+            self.assertEqual((yield procpool.run_async(s.add, i, 2)), i + 2)
+            yield task.deferLater(reactor, 0, lambda: None)  # the turn that settled it is over
+            self.assertIsNone(self.pool._linger)
 
 
 class SourceStringsOnRay(ray_support.OnRay, run_async_tests.SourceStrings):
