@@ -8,7 +8,7 @@ The Ray backend: the same ``run_async`` on a Ray cluster (``PROCPOOL_BACKEND = "
         |
         v
     the pool's outbox; the first task of a burst asks the link's thread for a send
-        |              (a lone small task, none other in flight, is sent here instead)
+        |              (a lone small task, none other in flight, is sent from here)
         v
     Link.calls (FIFO, procpool/_ray_link.py): the thread "procpool-ray" makes the other
         |              Ray calls: ray.init, remote(...), ray.cancel(force=True), resources
@@ -293,17 +293,16 @@ class RayPool:
                                "tasks"))
             return d
         task = Task(kind, payload, timeout, d, counts if counts is not None else self.counters)
-        lone = not self._tasks and self._start_done
+        lone, link = not self._tasks and self._start_done, self._link
         self._tasks[d] = task
         if timeout:
             task.timer = self.clock.callLater(timeout, self._expire, task)
-        self._outbox.append(task)
-        if not self._sending:
-            self._sending = True
-            link = self._link
-            if lone and link.may_send_here(task):  # type: ignore[union-attr]
-                link.send(self)  # type: ignore[union-attr]
-            else:
+        if lone and link.may_send_here(task):  # type: ignore[union-attr]
+            link.send_one(self, task)  # type: ignore[union-attr]  # not through the outbox
+        else:
+            self._outbox.append(task)
+            if not self._sending:
+                self._sending = True
                 link.call(link.send, self)  # type: ignore[union-attr]
         return d
 
@@ -329,18 +328,18 @@ class RayPool:
             self._draining = True
             self.reactor.callFromThread(self._drain)
 
-    def _drain(self) -> None:
+    def _drain(self, lingered: bool = False) -> None:
         """
-        (Reactor) settle the tasks whose ends arrived, a millisecond's worth a
-        turn. While ends come faster than one per ``_LINGER`` and tasks wait in
-        Ray's queue (more in flight than the cluster's CPUs, 4 times over), the
-        reactor comes back ``_LINGER`` later for all that arrived meanwhile:
-        ``_draining`` stays set, so Ray's thread does not wake it for each, at
-        about 50 us of the reactor's CPU a wake (docs/scale-out.md).
+        (Reactor) settle the tasks whose ends arrived, a millisecond's worth a turn.
+        While ends come faster than one per ``_LINGER`` (``lingered``: this turn
+        is ``_LINGER`` after the last) and tasks wait in Ray's queue (more in flight
+        than 4 times the cluster's CPUs), the reactor comes back ``_LINGER`` later
+        for all that arrived meanwhile: ``_draining`` stays set, so Ray's thread
+        does not wake it for each, at about 50 us of its CPU a wake (docs/scale-out.md).
         """
         self._linger = None
         now = time.perf_counter()
-        busy, self._drained_at = now - self._drained_at < _LINGER, now
+        busy, self._drained_at = lingered or now - self._drained_at < _LINGER, now
         inbox, settled = self._inbox, 0
         deadline = now + _DRAIN_SLICE
         while inbox:
@@ -350,7 +349,9 @@ class RayPool:
                 self.reactor.callLater(0, self._drain)  # the rest next turn: others get theirs
                 return
         if busy and settled and len(self._tasks) > self._queued_beyond():
-            self._linger = self.reactor.callLater(_LINGER, self._drain)
+            if not lingered:  # a burst begins: is the cluster's CPU count still right?
+                self._link.call(self._link.look_at_resources)  # type: ignore[union-attr]
+            self._linger = self.reactor.callLater(_LINGER, self._drain, True)
             return
         self._draining = False  # an end put from now on asks for a turn of its own
         if inbox:  # put while the flag was still set

@@ -56,7 +56,7 @@ class Link:
         self.reactor, self.address = reactor, address
         self.remote: Any = None      # workers.ray_task.run as a Ray remote function
         # May a lone small task be handed to Ray from the reactor's thread (see
-        # Link.send_here)? Not through Ray Client, whose .remote() is a network call.
+        # Link.may_send_here)? Not through Ray Client, whose .remote() is a network call.
         self.here = False
         self.error: BaseException | None = None
         self.cpus = 0
@@ -133,9 +133,10 @@ class Link:
         May ``task`` be handed to Ray from the caller's thread (the reactor's)?
         Yes for a small task on a connection that is not Ray Client: its
         ``.remote()`` queues it in this process's Ray core worker and returns,
-        in CPU time only (the remote function was exported when the link
-        connected, and an argument under ``_APART`` is sent inline, not put in
-        Ray's object store). That saves a wake of the link's thread, about
+        in CPU time only (the remote function was exported by the start's
+        no-op, which the pool waits for before it sends from here, and an
+        argument under ``_APART`` is sent inline, not put in Ray's object
+        store). That saves a wake of the link's thread, about
         80 us of a lone task's round trip; a burst still goes through the
         link's thread, so the reactor never spends more than one task's
         ``.remote()`` this way in one turn.
@@ -150,12 +151,13 @@ class Link:
         pool._sending = False  # before draining: a task put after this asks for a new send
         outbox = pool._outbox
         while outbox:
-            self._send_one(pool, outbox.popleft())
+            self.send_one(pool, outbox.popleft())
 
-    def _send_one(self, pool: Any, task: Task) -> None:
+    def send_one(self, pool: Any, task: Task) -> None:
         """
         Hand ``task`` to Ray; its end comes back through its ObjectRef's
-        callback into the pool's inbox.
+        callback into the pool's inbox. In the link's thread, or in the
+        reactor's for a task that is not in the outbox (``may_send_here``).
         """
         if task.deferred.called:  # cancelled or timed out before it was sent
             return
@@ -167,11 +169,13 @@ class Link:
                 ref = self.remote.remote(b"".join((pool._header, task.kind, task.payload)))
             else:
                 ref = self.remote.remote(pool._header + task.kind, task.payload)
+            task.ref = ref
+            _when_done(ref, lambda outcome, task=task: pool._arrived(task, outcome))
         except BaseException as exc:  # noqa: BLE001 - the task fails, not the thread
             self.reactor.callFromThread(pool._unsent, task, exc)
+            self.cancel(task)  # if Ray has it, it must not run unheard
             return
-        task.ref, task.payload = ref, b""
-        _when_done(ref, lambda outcome, task=task: pool._arrived(task, outcome))
+        task.payload = b""
 
     def cancel(self, task: Task) -> None:
         """Force-cancel a sent task: Ray ends the worker process running it."""

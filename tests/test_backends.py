@@ -243,12 +243,42 @@ class ContractOnRay(ray_support.OnRay, Contract):
         self.assertLessEqual(threads[2:].count(here), 1, threads)  # the burst's first, at most
 
     @defer.inlineCallbacks
+    def test_a_lone_task_is_not_held_behind_cancelled_ones_waiting_to_be_sent(self):
+        from procpool import _ray_link
+        yield procpool.run_async(s.add, 0, 0)  # started; nothing in flight
+        _ray_link._link.call(time.sleep, 3)  # the link's thread is busy meanwhile
+        burst = [procpool.run_async(s.add, i, 0) for i in range(5)]
+        for d in burst:
+            d.cancel()  # the first was sent from here; the others wait in the outbox
+        for d in burst:
+            with self.assertRaises(defer.CancelledError):
+                yield d
+        self.assertEqual(len(self.pool._outbox), 4)
+        t = time.monotonic()
+        self.assertEqual((yield procpool.run_async(s.add, 2, 3)), 5)
+        self.assertLess(time.monotonic() - t, 1.5)  # sent from here, not after the 3 s
+
+    @defer.inlineCallbacks
     def test_ends_that_come_fast_are_settled_together_and_no_timer_stays_after(self):
         settled: list[float] = []
+        drains: list[float] = []
+        drain = self.pool._drain
+
+        def counted(*args):
+            drains.append(time.perf_counter())
+            return drain(*args)
+
+        self.pool._drain = counted  # every turn: a wake from Ray's thread or a lingered one
+        self.addCleanup(vars(self.pool).pop, "_drain", None)
         results = yield defer.gatherResults([
             procpool.run_async(s.add, i, 0).addCallback(
                 lambda r: settled.append(time.perf_counter()) or r) for i in range(300)])
         self.assertEqual(results, list(range(300)))
+        span = settled[-1] - settled[0]
+        turns = [t for t in drains if settled[0] - 0.001 <= t <= settled[-1]]
+        # One turn every 5 ms while ends come (a lingered turn that settled some lingers
+        # again), not a lingered turn and a wake from Ray's thread after it.
+        self.assertLess(len(turns), 1.2 * span / 0.005 + 3, (len(turns), span))
         # The reactor's turns that settled ends: they come about a millisecond apart
         # here, so without lingering the turns would be as close; with it, 5 ms apart.
         starts = [b for a, b in zip(settled, settled[1:], strict=False) if b - a > 0.0005]
