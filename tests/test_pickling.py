@@ -22,7 +22,7 @@ def test_a_plain_result_is_a_plain_pickle_without_a_scan(monkeypatch, value):
     assert pickling.dumps(value) == pickle.dumps(value, protocol=5)
 
 
-def test_a_call_of_a_main_function_still_goes_through_dill():
+def test_a_nested_function_still_goes_through_dill():
     def local(x):  # pickle refuses a nested function: dill takes it by value
         return x * 2
 
